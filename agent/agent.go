@@ -1,0 +1,328 @@
+// Package agent joins the station's parts: card reader -> record -> store -> broker link, plus
+// status, telemetry and the local API. It depends on small interfaces of its own so tests can put
+// fakes where hardware would be; the store and the broker are always real.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"station.dev/agent/agent/config"
+	"station.dev/agent/drivers/cardreader"
+	"station.dev/agent/mqtt"
+	"station.dev/agent/mqtt/embedded"
+	"station.dev/agent/store"
+)
+
+// Reader yields card presentations. Next blocks until a presentation completes or ctx ends.
+type Reader interface {
+	Next(ctx context.Context) (cardreader.Presentation, error)
+}
+
+// ReaderHealth is optionally implemented by a Reader to report the chip's health.
+type ReaderHealth interface {
+	Health() ComponentHealth
+}
+
+// Indicator tells the person at the kiosk what happened (LEDs, buzzer).
+type Indicator interface {
+	Show(pattern string)
+}
+
+// Indicator patterns the agent uses.
+const (
+	PatternRecorded        = "recorded"
+	PatternRecordedOffline = "recorded_offline"
+	PatternRefused         = "refused"
+	PatternError           = "error"
+)
+
+// ComponentHealth is the health of one part of the station, as shown in status and telemetry.
+type ComponentHealth struct {
+	State     string            `json:"state"` // ok, degraded, down or absent
+	Detail    string            `json:"detail,omitempty"`
+	Counters  map[string]uint64 `json:"counters,omitempty"`
+	Firmware  string            `json:"firmware,omitempty"`
+	LastError string            `json:"last_error,omitempty"`
+}
+
+// Link is the broker link as the agent uses it (implemented by *mqtt.Link).
+type Link interface {
+	Run(ctx context.Context) error
+	Stats() mqtt.Stats
+	UpdateStatus()
+	PublishNow(topic string, payload []byte) bool
+}
+
+// Options configure an Agent. Config is required; the rest have defaults.
+type Options struct {
+	Config  *config.Config
+	Logger  *slog.Logger
+	Version string
+	// EmbeddedAddr is where `broker = "embedded"` listens; default 127.0.0.1:1883.
+	EmbeddedAddr string
+	// Reader replaces the configured card reader (tests).
+	Reader Reader
+	// Indicator replaces the configured indicator (tests).
+	Indicator Indicator
+	// Now is the wall clock; default time.Now.
+	Now func() time.Time
+	// ClockSynced reports whether the wall clock is trustworthy; default asks the kernel.
+	ClockSynced func() bool
+	// OnReady is called once the store is open and the local API listens.
+	OnReady func()
+}
+
+// Agent is the running station agent.
+type Agent struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	version string
+	now     func() time.Time
+	synced  func() bool
+	start   time.Time // monotonic reference for uptime
+	bootID  string
+
+	store  *store.Store
+	link   Link
+	broker *embedded.Broker
+	reader Reader
+	ind    Indicator
+	sim    *simHardware
+	api    *apiServer
+
+	recent   *recentRecords
+	storeFul sync.Mutex // serialises the store-full alarm bookkeeping
+	fullOnce bool       // a store.full alarm was written for the current full episode
+
+	onReady func()
+	topics  topics
+}
+
+type topics struct{ status, events, telemetry, resp, cmd, fleetCmd string }
+
+func topicsFor(prefix, id string) topics {
+	base := prefix + "/" + id + "/"
+	return topics{
+		status: base + "status", events: base + "events", telemetry: base + "telemetry",
+		resp: base + "resp", cmd: base + "cmd", fleetCmd: prefix + "/_fleet/cmd",
+	}
+}
+
+// New opens the store, prepares the hardware and the broker link. It does not start any loop:
+// Run does. On error everything opened so far is closed again.
+func New(opts Options) (a *Agent, err error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("agent: no configuration")
+	}
+	a = &Agent{
+		cfg:     cfg,
+		log:     opts.Logger,
+		version: opts.Version,
+		now:     opts.Now,
+		synced:  opts.ClockSynced,
+		start:   time.Now(),
+		bootID:  newID(),
+		reader:  opts.Reader,
+		ind:     opts.Indicator,
+		recent:  newRecentRecords(256),
+		onReady: opts.OnReady,
+		topics:  topicsFor(cfg.MQTT.TopicPrefix, cfg.StationID),
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.synced == nil {
+		assume := cfg.Clock.AssumeSynced
+		a.synced = func() bool { return assume || kernelClockSynced() }
+	}
+	if a.version == "" {
+		a.version = "dev"
+	}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("agent: data directory: %w", err)
+	}
+	a.store, err = store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{
+		MaxBytes: int64(cfg.Store.MaxBytes),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if rec := a.store.Recovered(); rec != nil {
+		a.log.Error("store was broken: moved aside, started a new one", "moved_to", rec.MovedTo, "reason", rec.Reason)
+	}
+
+	if err := a.setupHardware(); err != nil {
+		return nil, err
+	}
+
+	brokerURL := cfg.MQTT.Broker
+	if brokerURL == config.Embedded {
+		addr := opts.EmbeddedAddr
+		if addr == "" {
+			addr = "127.0.0.1:1883"
+		}
+		a.broker, err = embedded.Start(addr, nil)
+		if err != nil {
+			return nil, fmt.Errorf("agent: embedded broker on %s: %w (is another broker running? use --broker)", addr, err)
+		}
+		brokerURL = a.broker.URL()
+		a.log.Info("embedded MQTT broker listening", "addr", a.broker.Addr())
+	}
+	password := ""
+	if cfg.MQTT.PasswordFile != "" {
+		b, err := os.ReadFile(cfg.MQTT.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent: mqtt.password_file: %w", err)
+		}
+		password = string(trimNewline(b))
+	}
+	link, err := mqtt.New(mqtt.Config{
+		Broker:         brokerURL,
+		ClientID:       cfg.StationID,
+		Username:       cfg.MQTT.Username,
+		Password:       password,
+		CAFile:         cfg.MQTT.CAFile,
+		CertFile:       cfg.MQTT.CertFile,
+		KeyFile:        cfg.MQTT.KeyFile,
+		KeepAlive:      cfg.MQTT.KeepAlive.D(),
+		BackoffMax:     cfg.MQTT.BackoffMax.D(),
+		Window:         cfg.MQTT.Window,
+		StatusTopic:    a.topics.status,
+		Status:         func() []byte { return a.statusPayload("online", "") },
+		WillPayload:    a.offlinePayload("lost"),
+		ShutdownStatus: func() []byte { return a.offlinePayload("shutdown") },
+		Streams: []mqtt.Stream{
+			{Name: string(store.Events), Topic: a.topics.events, QoS: 1},
+			{Name: string(store.Responses), Topic: a.topics.resp, QoS: 1},
+			{Name: string(store.Telemetry), Topic: a.topics.telemetry, QoS: 1},
+		},
+		Logger: a.log.With("component", "mqtt"),
+	}, outbox{a.store})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.link = link
+	return a, nil
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Run runs the agent until ctx is cancelled. Cancellation is the normal way to stop and returns
+// nil; the link publishes the shutdown status before it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.close()
+
+	ln, err := listenSocket(a.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.api = newAPIServer(a, ln)
+
+	a.writeBootRecords()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	loops := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"link", a.link.Run},
+		{"reader", a.readerLoop},
+		{"telemetry", a.telemetryLoop},
+		{"status", a.statusLoop},
+		{"api", a.api.serve},
+	}
+	errc := make(chan error, len(loops))
+	for _, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.fn(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("agent: %s: %w", l.name, err)
+				cancel()
+			}
+		}()
+	}
+	a.log.Info("station agent running", "station_id", a.cfg.StationID, "version", a.version,
+		"socket", a.cfg.Socket, "data_dir", a.cfg.DataDir, "broker", a.cfg.MQTT.Broker, "sim", a.cfg.Sim)
+	if a.onReady != nil {
+		a.onReady()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// close releases what New opened, in reverse order. Safe on a partly built Agent.
+func (a *Agent) close() {
+	if a.sim != nil {
+		a.sim.close()
+	}
+	if a.broker != nil {
+		_ = a.broker.Close()
+		a.broker = nil
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.log.Error("closing store", "err", err)
+		}
+		a.store = nil
+	}
+}
+
+// listenSocket listens on the unix socket at path. A socket file left by a dead agent is replaced;
+// one a live agent answers on is refused.
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("local API socket directory: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another agent is already serving %s: stop it first (systemctl stop station)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("local API socket: %w", err)
+	}
+	// Root and the station group only. The directory (RuntimeDirectory=) is 0750 too.
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("local API socket: %w", err)
+	}
+	return ln, nil
+}

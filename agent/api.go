@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"station.dev/agent/store"
+)
+
+// The local API (DESIGN §3.6): HTTP over the unix socket, paths under /api/v0/. The CLI is a thin
+// client of it. Errors are JSON objects {"error":"…"} with a fitting HTTP status.
+
+type apiServer struct {
+	a   *Agent
+	ln  net.Listener
+	srv *http.Server
+}
+
+func newAPIServer(a *Agent, ln net.Listener) *apiServer {
+	s := &apiServer{a: a, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v0/status", s.status)
+	mux.HandleFunc("GET /api/v0/queue", s.queue)
+	mux.HandleFunc("GET /api/v0/events", s.events)
+	mux.HandleFunc("POST /api/v0/records", s.submit)
+	mux.HandleFunc("POST /api/v0/tap", s.tap)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s
+}
+
+func (s *apiServer) serve(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = s.srv.Shutdown(sctx) // closes the listener, which removes the socket file
+		_ = s.srv.Close()
+	}()
+	s.srv.BaseContext = func(net.Listener) context.Context { return ctx }
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func (s *apiServer) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.a.status("online", ""))
+}
+
+func (s *apiServer) queue(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.a.queueStatus())
+}
+
+// events writes recent records as JSON lines; with follow=1 it keeps the response open and
+// streams new records as they are written.
+func (s *apiServer) events(w http.ResponseWriter, r *http.Request) {
+	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+	if n <= 0 {
+		n = 20
+	}
+	follow := r.URL.Query().Get("follow") == "1"
+	var ch chan []byte
+	if follow {
+		ch = s.a.recent.follow()
+		defer s.a.recent.unfollow(ch)
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	flusher, _ := w.(http.Flusher)
+	for _, b := range s.a.recent.last(n) {
+		_, _ = w.Write(append(b[:len(b):len(b)], '\n'))
+	}
+	if !follow {
+		return
+	}
+	if flusher != nil {
+		flusher.Flush()
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case b, ok := <-ch:
+			if !ok {
+				return // fell behind; the client reconnects if it wants more
+			}
+			if _, err := w.Write(append(b[:len(b):len(b)], '\n')); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+	}
+}
+
+// submitRequest is a typed record from other station software.
+type submitRequest struct {
+	Type string         `json:"type"`
+	Data map[string]any `json:"data"`
+}
+
+const maxSubmitBytes = 16 << 10
+
+func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
+	var req submitRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxSubmitBytes+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad record: "+err.Error())
+		return
+	}
+	if !submittedTypeRE.MatchString(req.Type) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("bad record type %q: want dotted lower-case words like kiosk.receipt", req.Type))
+		return
+	}
+	rec := s.a.newRecord(req.Type)
+	rec.Data = req.Data
+	saved, err := s.a.appendRecord(rec, store.Normal)
+	if errors.Is(err, store.ErrFull) {
+		s.a.storeFull()
+		writeError(w, http.StatusInsufficientStorage, "refused: the station's store is full")
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "not recorded: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, TapResult{OK: true, ID: saved.ID, Seq: saved.Seq, Type: saved.Type})
+}
+
+// TapRequest presents virtual cards to the emulated reader (simulation only).
+type TapRequest struct {
+	Card    string          `json:"card,omitempty"`    // a built-in profile name
+	Profile json.RawMessage `json:"profile,omitempty"` // or a profile (DESIGN §3.7)
+	Count   int             `json:"count,omitempty"`   // presentations; default 1
+	Same    bool            `json:"same,omitempty"`    // present the same card each time
+}
+
+const maxTapCount = 100000
+
+// tap streams one TapResult per presentation as JSON lines, each once its record is durable.
+func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
+	if s.a.sim == nil {
+		writeError(w, http.StatusConflict, "tap needs an agent started with --sim")
+		return
+	}
+	var req TapRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad tap request: "+err.Error())
+		return
+	}
+	if req.Count == 0 {
+		req.Count = 1
+	}
+	if req.Count < 0 || req.Count > maxTapCount {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("count must be 1 to %d", maxTapCount))
+		return
+	}
+	prof, err := s.a.sim.profile(req.Card, req.Profile)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+	for i := 0; i < req.Count; i++ {
+		res, err := s.a.sim.tap(r.Context(), prof, req.Same)
+		if err != nil {
+			res = TapResult{Error: err.Error()}
+		}
+		if enc.Encode(res) != nil {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if r.Context().Err() != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"station.dev/agent/drivers/cardreader"
+	"station.dev/agent/mqtt"
+	"station.dev/agent/store"
+)
+
+// outbox adapts the store to the link's Outbox interface.
+type outbox struct{ s *store.Store }
+
+func (o outbox) Read(stream string, after uint64, max int) ([]mqtt.Item, error) {
+	recs, err := o.s.Read(store.Stream(stream), after, max)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]mqtt.Item, len(recs))
+	for i, r := range recs {
+		items[i] = mqtt.Item{Seq: r.Seq, Payload: r.Payload}
+	}
+	return items, nil
+}
+
+func (o outbox) Delete(stream string, seqs ...uint64) error {
+	return o.s.Delete(store.Stream(stream), seqs...)
+}
+
+func (o outbox) Changed() <-chan struct{} { return o.s.Changed() }
+
+// newRecord fills the fields every record carries. Seq is assigned by the store.
+func (a *Agent) newRecord(typ string) *Record {
+	return &Record{
+		ID:          newID(),
+		Type:        typ,
+		TS:          rfc3339(a.now()),
+		ClockSynced: a.synced(),
+		BootID:      a.bootID,
+		UptimeMS:    time.Since(a.start).Milliseconds(),
+	}
+}
+
+// appendRecord makes r durable on the events stream and returns it with its seq. It returns only
+// once the record is committed and fsynced.
+func (a *Agent) appendRecord(r *Record, class store.Class) (*Record, error) {
+	var payload []byte
+	_, err := a.store.Append(store.Events, class, func(seq uint64) ([]byte, error) {
+		rr := *r // build may run more than once: keep it free of side effects on r
+		rr.Seq = seq
+		b, err := rr.marshal()
+		payload = b
+		return b, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out Record
+	if err := json.Unmarshal(payload, &out); err != nil {
+		return nil, err
+	}
+	a.recent.add(payload)
+	if class == store.Normal {
+		a.storeFul.Lock()
+		a.fullOnce = false
+		a.storeFul.Unlock()
+	}
+	return &out, nil
+}
+
+// storeFull handles a refused record: one store.full alarm per full episode and a status update.
+func (a *Agent) storeFull() {
+	a.storeFul.Lock()
+	first := !a.fullOnce
+	a.fullOnce = true
+	a.storeFul.Unlock()
+	if !first {
+		return
+	}
+	a.log.Error("store is full: card records are refused until the backlog drains",
+		"max_bytes", int64(a.cfg.Store.MaxBytes))
+	r := a.newRecord(TypeStoreFull)
+	r.Error = &RecordError{Code: "store_full", Detail: "card records refused until the backlog drains"}
+	if _, err := a.appendRecord(r, store.Critical); err != nil {
+		a.log.Error("writing store.full alarm", "err", err)
+	}
+	a.link.UpdateStatus()
+}
+
+// writeBootRecords writes station.boot, and store.recovered when the store was rebuilt.
+func (a *Agent) writeBootRecords() {
+	if rec := a.store.Recovered(); rec != nil {
+		r := a.newRecord(TypeStoreRecovered)
+		r.Error = &RecordError{Code: "store_broken", Detail: rec.Reason}
+		r.Data = map[string]any{"moved_to": rec.MovedTo, "seq_restarted": true}
+		if _, err := a.appendRecord(r, store.Critical); err != nil {
+			a.log.Error("writing store.recovered alarm", "err", err)
+		}
+	}
+	r := a.newRecord(TypeBoot)
+	r.Data = map[string]any{"version": a.version, "sim": a.cfg.Sim}
+	if _, err := a.appendRecord(r, store.Critical); err != nil {
+		a.log.Error("writing station.boot record", "err", err)
+	}
+}
+
+// TapResult is the outcome of one card presentation, as the local API reports it.
+type TapResult struct {
+	OK    bool   `json:"ok"`
+	ID    string `json:"id,omitempty"`
+	Seq   uint64 `json:"seq,omitempty"`
+	Type  string `json:"type,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// handlePresentation turns one presentation into a durable record, then tells the person.
+func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
+	var r *Record
+	class := store.Normal
+	if p.Card != nil {
+		r = a.newRecord(TypeCardTap)
+		r.Card = p.Card
+	} else {
+		r = a.newRecord(TypeCardError)
+		r.Error = &RecordError{Code: p.Error, Detail: p.Detail}
+	}
+	saved, err := a.appendRecord(r, class)
+	switch {
+	case errors.Is(err, store.ErrFull):
+		a.indicate(PatternRefused)
+		a.storeFull()
+		return TapResult{Error: "refused: the station's store is full"}
+	case err != nil:
+		a.indicate(PatternError)
+		a.log.Error("recording card presentation", "err", err)
+		return TapResult{Error: "not recorded: " + err.Error()}
+	}
+	switch {
+	case p.Card == nil:
+		a.indicate(PatternError)
+	case a.link.Stats().Connected:
+		a.indicate(PatternRecorded)
+	default:
+		a.indicate(PatternRecordedOffline)
+	}
+	a.log.Debug("recorded", "type", saved.Type, "id", saved.ID, "seq", saved.Seq)
+	return TapResult{OK: p.Card != nil, ID: saved.ID, Seq: saved.Seq, Type: saved.Type,
+		Error: errorText(p)}
+}
+
+func errorText(p cardreader.Presentation) string {
+	if p.Card != nil {
+		return ""
+	}
+	if p.Detail != "" {
+		return "card not read: " + p.Error + ": " + p.Detail
+	}
+	return "card not read: " + p.Error
+}
+
+func (a *Agent) indicate(pattern string) {
+	if a.ind != nil {
+		a.ind.Show(pattern)
+	}
+}
+
+// readerLoop reads presentations until ctx ends. A reader error is logged and retried with
+// backoff; it never stops the agent.
+func (a *Agent) readerLoop(ctx context.Context) error {
+	if a.reader == nil {
+		<-ctx.Done()
+		return nil
+	}
+	backoff := newBackoff(100*time.Millisecond, 30*time.Second)
+	for {
+		p, err := a.reader.Next(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			d := backoff.next()
+			a.log.Warn("card reader", "err", err, "retry_in", d)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(d):
+			}
+			continue
+		}
+		backoff.reset()
+		res := a.handlePresentation(p)
+		if a.sim != nil {
+			a.sim.done(res)
+		}
+	}
+}
+
+// recentRecords keeps the last records written, for `station events`, and feeds followers.
+type recentRecords struct {
+	mu        sync.Mutex
+	ring      [][]byte
+	next      int
+	full      bool
+	followers map[chan []byte]struct{}
+}
+
+func newRecentRecords(n int) *recentRecords {
+	return &recentRecords{ring: make([][]byte, n), followers: map[chan []byte]struct{}{}}
+}
+
+func (r *recentRecords) add(b []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ring[r.next] = b
+	r.next = (r.next + 1) % len(r.ring)
+	if r.next == 0 {
+		r.full = true
+	}
+	for ch := range r.followers {
+		select {
+		case ch <- b:
+		default: // a follower that does not keep up is dropped rather than slowing the agent
+			delete(r.followers, ch)
+			close(ch)
+		}
+	}
+}
+
+// last returns up to n most recent records, oldest first.
+func (r *recentRecords) last(n int) [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	size := r.next
+	if r.full {
+		size = len(r.ring)
+	}
+	if n > size || n <= 0 {
+		n = size
+	}
+	out := make([][]byte, 0, n)
+	for i := n; i > 0; i-- {
+		out = append(out, r.ring[(r.next-i+len(r.ring))%len(r.ring)])
+	}
+	return out
+}
+
+// follow registers a follower; the channel is closed when it falls behind or on unfollow.
+func (r *recentRecords) follow() chan []byte {
+	ch := make(chan []byte, 64)
+	r.mu.Lock()
+	r.followers[ch] = struct{}{}
+	r.mu.Unlock()
+	return ch
+}
+
+func (r *recentRecords) unfollow(ch chan []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.followers[ch]; ok {
+		delete(r.followers, ch)
+		close(ch)
+	}
+}

@@ -1,0 +1,312 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"station.dev/agent/store"
+)
+
+// Status is the retained status object (DESIGN §3.3) and the body of GET /api/v0/status.
+type Status struct {
+	State       string                     `json:"state"`
+	Reason      string                     `json:"reason,omitempty"`
+	StationID   string                     `json:"station_id"`
+	Version     string                     `json:"version"`
+	BootID      string                     `json:"boot_id"`
+	Since       string                     `json:"since"`
+	TS          string                     `json:"ts"`
+	ClockSynced bool                       `json:"clock_synced"`
+	UptimeMS    int64                      `json:"uptime_ms"`
+	Sim         bool                       `json:"sim,omitempty"`
+	Reader      ComponentHealth            `json:"reader"`
+	Queue       QueueStatus                `json:"queue"`
+	Link        *LinkStatus                `json:"link,omitempty"`
+	Components  map[string]ComponentHealth `json:"components,omitempty"`
+}
+
+// QueueStatus summarises the store.
+type QueueStatus struct {
+	Depth        int                     `json:"depth"`
+	OldestAgeS   float64                 `json:"oldest_age_s"`
+	Bytes        int64                   `json:"bytes"`
+	MaxBytes     int64                   `json:"max_bytes"`
+	FileBytes    int64                   `json:"file_bytes"`
+	Full         bool                    `json:"full"`
+	Refused      uint64                  `json:"refused"`
+	Evicted      uint64                  `json:"evicted"`
+	Streams      map[string]StreamStatus `json:"streams,omitempty"`
+	DiskFreeByte uint64                  `json:"disk_free_bytes,omitempty"`
+}
+
+// StreamStatus is one stream of the store.
+type StreamStatus struct {
+	Depth      int     `json:"depth"`
+	Bytes      int64   `json:"bytes"`
+	OldestAgeS float64 `json:"oldest_age_s"`
+	LastSeq    uint64  `json:"last_seq"`
+}
+
+// LinkStatus is the broker link, for the local API (the broker knows it anyway).
+type LinkStatus struct {
+	Broker    string `json:"broker"`
+	Connected bool   `json:"connected"`
+	Since     string `json:"since,omitempty"`
+	Connects  uint64 `json:"connects"`
+	Failures  uint64 `json:"failures"`
+	LastError string `json:"last_error,omitempty"`
+	InFlight  int    `json:"in_flight"`
+	Published uint64 `json:"published"`
+	Acked     uint64 `json:"acked"`
+}
+
+func (a *Agent) queueStatus() QueueStatus {
+	st, err := a.store.Stats()
+	if err != nil {
+		return QueueStatus{}
+	}
+	now := a.now()
+	q := QueueStatus{
+		Bytes: st.Bytes, MaxBytes: st.MaxBytes, FileBytes: st.FileBytes,
+		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]StreamStatus{},
+	}
+	a.storeFul.Lock()
+	q.Full = a.fullOnce
+	a.storeFul.Unlock()
+	for name, s := range st.Streams {
+		ss := StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}
+		if !s.Oldest.IsZero() {
+			ss.OldestAgeS = max(0, now.Sub(s.Oldest).Seconds())
+		}
+		q.Streams[string(name)] = ss
+		if name == store.Telemetry {
+			continue // telemetry is evictable; the queue depth is what must reach the broker
+		}
+		q.Depth += s.Depth
+		q.OldestAgeS = max(q.OldestAgeS, ss.OldestAgeS)
+	}
+	var fs unix.Statfs_t
+	if unix.Statfs(a.cfg.DataDir, &fs) == nil {
+		q.DiskFreeByte = uint64(fs.Bavail) * uint64(fs.Bsize)
+	}
+	return q
+}
+
+func (a *Agent) readerHealth() ComponentHealth {
+	if h, ok := a.reader.(ReaderHealth); ok {
+		return h.Health()
+	}
+	if a.reader == nil {
+		return ComponentHealth{State: "absent"}
+	}
+	return ComponentHealth{State: "ok"}
+}
+
+// status builds the full status object.
+func (a *Agent) status(state, reason string) Status {
+	ls := a.link.Stats()
+	s := Status{
+		State: state, Reason: reason, StationID: a.cfg.StationID, Version: a.version,
+		BootID: a.bootID, Since: rfc3339(a.now().Add(-time.Since(a.start))), TS: rfc3339(a.now()),
+		ClockSynced: a.synced(), UptimeMS: time.Since(a.start).Milliseconds(), Sim: a.cfg.Sim,
+		Reader: a.readerHealth(), Queue: a.queueStatus(),
+		Link: &LinkStatus{
+			Broker: a.cfg.MQTT.Broker, Connected: ls.Connected, Connects: ls.Connects,
+			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
+			Published: ls.Published, Acked: ls.Acked,
+		},
+		Components: a.components(),
+	}
+	if !ls.Since.IsZero() {
+		s.Link.Since = rfc3339(ls.Since)
+	}
+	return s
+}
+
+// statusPayload is the retained online status (without the local-only link block).
+func (a *Agent) statusPayload(state, reason string) []byte {
+	s := a.status(state, reason)
+	s.Link = nil
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// offlinePayload is the last will (reason "lost") or the clean-stop status ("shutdown").
+func (a *Agent) offlinePayload(reason string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"state": "offline", "reason": reason, "station_id": a.cfg.StationID,
+		"boot_id": a.bootID, "version": a.version, "ts": rfc3339(a.now()),
+	})
+	return b
+}
+
+// statusKey is what, when it changes, makes the retained status worth republishing.
+func (a *Agent) statusKey() string {
+	q := a.queueStatus()
+	key := a.readerHealth().State
+	if q.Full {
+		key += "/full"
+	}
+	for name, c := range a.components() {
+		key += "/" + name + "=" + c.State
+	}
+	return key
+}
+
+// statusLoop republishes the retained status when something in it changes, and compacts the
+// store once a backlog has drained.
+func (a *Agent) statusLoop(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	last := a.statusKey()
+	lastCompact := time.Now()
+	clock := newClockWatch(a.now())
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if jump, from, to := clock.check(a.now()); jump != 0 {
+			a.clockJumped(jump, from, to)
+		}
+		if k := a.statusKey(); k != last {
+			last = k
+			a.link.UpdateStatus()
+		}
+		if time.Since(lastCompact) > time.Hour {
+			lastCompact = time.Now()
+			if done, err := a.store.CompactIfWasteful(); err != nil {
+				a.log.Warn("compacting store", "err", err)
+			} else if done {
+				a.log.Info("store compacted")
+			}
+		}
+	}
+}
+
+// clockJumpThreshold is how far wall time may move against the monotonic clock between two checks
+// before it counts as a jump (NTP slews small errors; steps are jumps).
+const clockJumpThreshold = 2 * time.Second
+
+// clockWatch notices wall-clock steps (NTP's first sync after a boot at 1970, a manual date -s) by
+// comparing wall time against the monotonic clock.
+type clockWatch struct {
+	last time.Time // carries both readings
+}
+
+func newClockWatch(now time.Time) *clockWatch { return &clockWatch{last: now} }
+
+// check returns the jump (wall elapsed minus monotonic elapsed) if it exceeds the threshold.
+func (c *clockWatch) check(now time.Time) (jump time.Duration, from, to time.Time) {
+	mono := now.Sub(c.last)                  // monotonic when both readings have it
+	wall := now.Round(0).Sub(c.last.Round(0)) // Round(0) strips the monotonic reading
+	from, c.last = c.last, now
+	if d := wall - mono; d > clockJumpThreshold || d < -clockJumpThreshold {
+		return d, from.Add(mono).Round(0), now.Round(0)
+	}
+	return 0, time.Time{}, time.Time{}
+}
+
+// clockJumped writes a clock.jump record so the central side can correct earlier timestamps.
+func (a *Agent) clockJumped(jump time.Duration, expected, actual time.Time) {
+	a.log.Warn("wall clock jumped", "by", jump, "expected", rfc3339(expected), "now", rfc3339(actual))
+	r := a.newRecord(TypeClockJump)
+	r.Data = map[string]any{"jump_ms": jump.Milliseconds(), "expected": rfc3339(expected), "now": rfc3339(actual)}
+	if _, err := a.appendRecord(r, store.Critical); err != nil {
+		a.log.Error("writing clock.jump record", "err", err)
+	}
+}
+
+// Telemetry is the heartbeat published on the telemetry topic.
+type Telemetry struct {
+	TS          string                     `json:"ts"`
+	ClockSynced bool                       `json:"clock_synced"`
+	BootID      string                     `json:"boot_id"`
+	UptimeMS    int64                      `json:"uptime_ms"`
+	Queue       QueueStatus                `json:"queue"`
+	Connects    uint64                     `json:"connects"`
+	Failures    uint64                     `json:"failures"`
+	Reader      ComponentHealth            `json:"reader"`
+	Components  map[string]ComponentHealth `json:"components,omitempty"`
+	Environment map[string]float64         `json:"environment,omitempty"`
+}
+
+func (a *Agent) telemetry() Telemetry {
+	ls := a.link.Stats()
+	q := a.queueStatus()
+	q.Streams = nil
+	return Telemetry{
+		TS: rfc3339(a.now()), ClockSynced: a.synced(), BootID: a.bootID,
+		UptimeMS: time.Since(a.start).Milliseconds(), Queue: q,
+		Connects: ls.Connects, Failures: ls.Failures, Reader: a.readerHealth(),
+		Components: a.components(), Environment: a.environment(),
+	}
+}
+
+// telemetryLoop publishes a heartbeat every interval. Online it goes straight out at QoS 0 and
+// costs no disk write; offline it is kept in the store's evictable telemetry stream and sent when
+// the link returns.
+func (a *Agent) telemetryLoop(ctx context.Context) error {
+	interval := a.cfg.Telemetry.Interval.D()
+	// A first heartbeat soon after start, spread so a fleet does not report in lockstep.
+	first := time.NewTimer(time.Duration(rand.Int64N(int64(interval)/4 + 1)))
+	defer first.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-first.C:
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		a.sendTelemetry()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) sendTelemetry() {
+	b, err := json.Marshal(a.telemetry())
+	if err != nil {
+		return
+	}
+	if a.link.PublishNow(a.topics.telemetry, b) {
+		return
+	}
+	if _, err := a.store.Append(store.Telemetry, store.Evictable, func(uint64) ([]byte, error) { return b, nil }); err != nil {
+		a.log.Warn("keeping telemetry", "err", err)
+	}
+}
+
+// kernelClockSynced asks the kernel whether NTP has synchronised the clock (adjtimex STA_UNSYNC).
+func kernelClockSynced() bool {
+	var tx unix.Timex
+	state, err := unix.Adjtimex(&tx)
+	if err != nil {
+		return false
+	}
+	return state != unix.TIME_ERROR && tx.Status&unix.STA_UNSYNC == 0
+}
+
+// backoff is exponential backoff with full jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+func (b *backoff) next() time.Duration {
+	d := time.Duration(rand.Int64N(int64(b.cur)) + 1)
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+func (b *backoff) reset() { b.cur = b.min }

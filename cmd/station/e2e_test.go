@@ -1,0 +1,498 @@
+package main
+
+// End-to-end tests: the real station binary, run as a separate process (so it can be killed with
+// SIGKILL), on emulated hardware, against a real broker (embedded, or Mosquitto in CI).
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"station.dev/agent/mqtt/brokertest"
+)
+
+var stationBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "station-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	stationBin = filepath.Join(dir, "station")
+	args := []string{"build", "-o", stationBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building station:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// agentProc is one running `station run --sim`.
+type agentProc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	socket  string
+	dataDir string
+	id      string
+	prefix  string
+	broker  string
+	log     *syncBuffer
+	exited  chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type agentSpec struct {
+	dataDir, socket, id, broker, prefix string
+	extra                               []string
+}
+
+// startAgent starts the agent and waits until it logs that it runs (store open, socket listening).
+func startAgent(t *testing.T, s agentSpec) *agentProc {
+	t.Helper()
+	args := []string{"run", "--sim", "--broker", s.broker, "--data-dir", s.dataDir,
+		"--socket", s.socket, "--station-id", s.id, "--log-level", "debug"}
+	cfg := filepath.Join(s.dataDir, "..", s.id+".toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n", s.prefix)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--config", cfg)
+	args = append(args, s.extra...)
+	cmd := exec.Command(stationBin, args...)
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &agentProc{t: t, cmd: cmd, socket: s.socket, dataDir: s.dataDir, id: s.id, prefix: s.prefix,
+		broker: s.broker, log: &syncBuffer{}, exited: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			p.log.Write([]byte(line + "\n"))
+			if strings.Contains(line, "station agent running") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		pw.Close()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", p.log.String())
+		}
+	})
+	select {
+	case <-ready:
+	case <-p.exited:
+		t.Fatalf("agent exited at start:\n%s", p.log.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("agent not running after 30s:\n%s", p.log.String())
+	}
+	return p
+}
+
+func (p *agentProc) kill(sig syscall.Signal) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		p.t.Errorf("agent did not stop within 20s of %v", sig)
+	}
+}
+
+// station runs a CLI command against this agent and returns stdout, stderr and the exit code.
+func (p *agentProc) station(args ...string) (string, string, int) {
+	return runStation(append(args, "--socket", p.socket)...)
+}
+
+func runStation(args ...string) (string, string, int) {
+	cmd := exec.Command(stationBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return out.String(), errb.String(), code
+}
+
+type wireRecord struct {
+	ID   string `json:"id"`
+	Seq  uint64 `json:"seq"`
+	Type string `json:"type"`
+	Card *struct {
+		Kind, Token, Masked string
+	} `json:"card"`
+}
+
+type tapLine struct {
+	OK    bool   `json:"ok"`
+	ID    string `json:"id"`
+	Seq   uint64 `json:"seq"`
+	Error string `json:"error"`
+}
+
+// newSpec makes a fresh station spec with its own directory, socket and topics.
+func newSpec(t *testing.T, broker string) agentSpec {
+	dir := t.TempDir()
+	return agentSpec{
+		dataDir: filepath.Join(dir, "data"),
+		socket:  filepath.Join(dir, "station.sock"),
+		id:      "e2e-" + fmt.Sprint(os.Getpid()%10000) + "-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))[:min(20, len(t.Name()))],
+		broker:  broker,
+		prefix:  brokertest.UniquePrefix(t),
+	}
+}
+
+// collect reads events until every id in want has arrived, checking order and duplicates.
+// It returns the records in arrival order.
+func collectEvents(t *testing.T, sub *brokertest.Subscriber, want map[string]bool, timeout time.Duration) []wireRecord {
+	t.Helper()
+	var got []wireRecord
+	missing := len(want)
+	seen := map[string]bool{}
+	deadline := time.After(timeout)
+	for missing > 0 {
+		select {
+		case m := <-sub.C:
+			var r wireRecord
+			if err := json.Unmarshal(m.Payload, &r); err != nil {
+				t.Fatalf("event is not JSON: %q", m.Payload)
+			}
+			got = append(got, r)
+			if want[r.ID] && !seen[r.ID] {
+				missing--
+			}
+			seen[r.ID] = true
+		case <-deadline:
+			t.Fatalf("%d of %d recorded events never reached the broker", missing, len(want))
+		}
+	}
+	return got
+}
+
+// checkSeq checks that the delivered records cover seq 1..max without gaps, and that a seq seen
+// twice always carries the same id (duplicates only by redelivery).
+func checkSeq(t *testing.T, recs []wireRecord) uint64 {
+	t.Helper()
+	bySeq := map[uint64]string{}
+	var maxSeq uint64
+	for _, r := range recs {
+		if id, ok := bySeq[r.Seq]; ok && id != r.ID {
+			t.Fatalf("seq %d carried two ids: %s and %s", r.Seq, id, r.ID)
+		}
+		bySeq[r.Seq] = r.ID
+		maxSeq = max(maxSeq, r.Seq)
+	}
+	for s := uint64(1); s <= maxSeq; s++ {
+		if _, ok := bySeq[s]; !ok {
+			t.Fatalf("seq %d missing (max %d): gap in the events stream", s, maxSeq)
+		}
+	}
+	return maxSeq
+}
+
+func tapJSON(t *testing.T, p *agentProc, args ...string) []tapLine {
+	t.Helper()
+	out, stderr, code := p.station(append([]string{"tap", "--json"}, args...)...)
+	var lines []tapLine
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var tl tapLine
+		if err := json.Unmarshal([]byte(l), &tl); err != nil {
+			t.Fatalf("tap --json line %q: %v", l, err)
+		}
+		lines = append(lines, tl)
+	}
+	if code != 0 {
+		t.Fatalf("station tap exit %d: %s\n%s", code, stderr, out)
+	}
+	return lines
+}
+
+func TestTapReachesBroker(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 1000)
+	p := startAgent(t, s)
+
+	lines := tapJSON(t, p, "--count", "5")
+	lines = append(lines, tapJSON(t, p, "--card", "ntag")...)
+	want := map[string]bool{}
+	for _, l := range lines {
+		if !l.OK || l.ID == "" || l.Seq == 0 {
+			t.Fatalf("tap not recorded: %+v", l)
+		}
+		want[l.ID] = true
+	}
+	recs := collectEvents(t, sub, want, 30*time.Second)
+	checkSeq(t, recs)
+	var taps int
+	for _, r := range recs {
+		if r.Type == "card.tap" {
+			taps++
+			if r.Card == nil || r.Card.Token == "" {
+				t.Fatalf("card.tap without a card token: %+v", r)
+			}
+		}
+	}
+	if taps != 6 {
+		t.Fatalf("got %d card.tap records, want 6", taps)
+	}
+	// Human output and the status command.
+	out, _, code := p.station("tap")
+	if code != 0 || !strings.HasPrefix(out, "recorded  seq ") {
+		t.Fatalf("tap: exit %d, %q", code, out)
+	}
+	out, stderr, code := p.station("status")
+	if code != 0 || !strings.Contains(out, s.id) || !strings.Contains(out, "queue") {
+		t.Fatalf("status: exit %d, %q %q", code, out, stderr)
+	}
+}
+
+func TestTapsWhileBrokerDownDeliveredInOrder(t *testing.T) {
+	// The outage needs a broker this test can stop: always embedded.
+	b := brokertest.Embedded(t, "127.0.0.1:0")
+	addr := b.Addr()
+	url := b.URL()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := newSpec(t, url)
+	p := startAgent(t, s)
+	lines := tapJSON(t, p, "--count", "30")
+	want := map[string]bool{}
+	for _, l := range lines {
+		if !l.OK {
+			t.Fatalf("tap while offline not recorded: %+v", l)
+		}
+		want[l.ID] = true
+	}
+	out, _, _ := p.station("queue", "--json")
+	var q struct{ Depth int }
+	if err := json.Unmarshal([]byte(out), &q); err != nil || q.Depth < 30 {
+		t.Fatalf("queue while offline: %q (%v)", out, err)
+	}
+
+	b2 := brokertest.Embedded(t, addr)
+	sub := brokertest.Subscribe(t, b2.URL(), s.prefix+"/+/events", 1000)
+	recs := collectEvents(t, sub, want, 60*time.Second)
+	checkSeq(t, recs)
+	var last uint64
+	for _, r := range recs {
+		if r.Seq <= last {
+			t.Fatalf("out of order: seq %d after %d", r.Seq, last)
+		}
+		last = r.Seq
+	}
+}
+
+func TestKill9MidBurstLosesNothing(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 5000)
+	status := brokertest.Subscribe(t, url, s.prefix+"/+/status", 100)
+	want := map[string]bool{}
+	for round := 0; round < 3; round++ {
+		p := startAgent(t, s)
+		cmd := exec.Command(stationBin, "tap", "--json", "--count", "400", "--socket", s.socket)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		n := 0
+		for sc.Scan() {
+			var tl tapLine
+			if json.Unmarshal(sc.Bytes(), &tl) == nil && tl.OK {
+				want[tl.ID] = true // reported recorded: must reach the broker
+				n++
+			}
+			if n == 25+round*40 {
+				p.kill(syscall.SIGKILL)
+			}
+		}
+		_ = cmd.Wait()
+		if n < 25+round*40 {
+			t.Fatalf("round %d: only %d taps recorded before the kill", round, n)
+		}
+		p.kill(syscall.SIGKILL)
+		waitStatus(t, status, "offline", "lost")
+	}
+	p := startAgent(t, s)
+	recs := collectEvents(t, sub, want, 60*time.Second)
+	checkSeq(t, recs)
+	waitStatus(t, status, "online", "")
+	p.kill(syscall.SIGTERM)
+	waitStatus(t, status, "offline", "shutdown")
+}
+
+// waitStatus waits for a status message with the given state and reason.
+func waitStatus(t *testing.T, sub *brokertest.Subscriber, state, reason string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-sub.C:
+			var st struct{ State, Reason string }
+			_ = json.Unmarshal(m.Payload, &st)
+			if st.State == state && st.Reason == reason {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no status %s/%s within 30s", state, reason)
+		}
+	}
+}
+
+func TestGarbageStoreIsMovedAside(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.dataDir, "station.db"), bytes.Repeat([]byte("not a database "), 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 100)
+	p := startAgent(t, s)
+	deadline := time.After(30 * time.Second)
+	for found := false; !found; {
+		select {
+		case m := <-sub.C:
+			var r wireRecord
+			_ = json.Unmarshal(m.Payload, &r)
+			found = r.Type == "store.recovered"
+		case <-deadline:
+			t.Fatal("no store.recovered alarm")
+		}
+	}
+	matches, _ := filepath.Glob(filepath.Join(s.dataDir, "station.db.broken-*"))
+	if len(matches) != 1 {
+		t.Fatalf("broken store not kept aside: %v", matches)
+	}
+	if l := tapJSON(t, p); len(l) != 1 || !l[0].OK {
+		t.Fatalf("tap after recovery: %+v", l)
+	}
+}
+
+func TestSecondAgentOnLiveSocketRefused(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	startAgent(t, s)
+	s2 := s
+	s2.dataDir = filepath.Join(t.TempDir(), "data2")
+	s2.id += "-b"
+	_, stderr, code := runStation("run", "--sim", "--broker", url, "--data-dir", s2.dataDir, "--socket", s.socket, "--station-id", s2.id)
+	if code != 1 || !strings.Contains(stderr, "already serving") || strings.Count(strings.TrimSpace(stderr), "\n") > 2 {
+		t.Fatalf("second agent: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestBrokerRefusingConnectionKeepsAgentUp(t *testing.T) {
+	// A port where nothing listens: connections are refused.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	s := newSpec(t, "tcp://"+addr)
+	p := startAgent(t, s)
+	if l := tapJSON(t, p); len(l) != 1 || !l[0].OK {
+		t.Fatalf("tap with the broker refusing: %+v", l)
+	}
+	out, _, code := p.station("status", "--json")
+	var st struct {
+		Link struct {
+			Connected bool
+			LastError string `json:"last_error"`
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Link.Connected {
+		t.Fatalf("status: %d %q", code, out)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("station_id = \"x\"\n[mqtt]\nbroker = \"tcp://h:1\"\nwindoww = 3\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"config", "check", bad}, 1, "unknown key mqtt.windoww"},
+		{[]string{"run", "--config", bad}, 1, "unknown key mqtt.windoww"},
+		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "cannot reach the agent at"},
+		{[]string{"tap", "--count", "0", "--socket", "x"}, 2, "--count"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"status", "--bogus"}, 2, "bogus"},
+	} {
+		_, stderr, code := runStation(tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("station %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+		if strings.Contains(stderr, "panic") || strings.Contains(stderr, "goroutine ") {
+			t.Errorf("station %v panicked: %s", tc.args, stderr)
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"station.dev/agent/agent"
+	"station.dev/agent/agent/config"
+)
+
+// runFlags are the flags of `station run`; they override the config file.
+type runFlags struct {
+	config, broker, dataDir, stationID, socket, logLevel string
+	sim                                                  bool
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.config, "config", "", "configuration `file` (TOML)")
+	fs.BoolVar(&f.sim, "sim", false, "emulated hardware; with no broker configured, an embedded broker")
+	fs.StringVar(&f.broker, "broker", "", "broker `URL` (tcp://host:port, tls://host:port) or embedded")
+	fs.StringVar(&f.dataDir, "data-dir", "", "`dir`ectory of the local store")
+	fs.StringVar(&f.stationID, "station-id", "", "station `id`")
+	fs.StringVar(&f.socket, "socket", "", "local API socket `path`")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
+}
+
+// loadConfig reads the config file (if any), applies flags and normalises.
+func (f *runFlags) loadConfig() (*config.Config, error) {
+	cfg := &config.Config{}
+	if f.config != "" {
+		c, err := config.Load(f.config)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	cfg.Sim = f.sim
+	for _, o := range []struct {
+		v   string
+		dst *string
+	}{
+		{f.broker, &cfg.MQTT.Broker}, {f.dataDir, &cfg.DataDir}, {f.stationID, &cfg.StationID},
+		{f.socket, &cfg.Socket}, {f.logLevel, &cfg.LogLevel},
+	} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
+	}
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = config.DefaultSocket()
+	}
+	return cfg, nil
+}
+
+func cmdRun(args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	cfg, err := f.loadConfig()
+	if err != nil {
+		return err
+	}
+	logger, level := newLogger(stderr)
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("log level: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	a, err := agent.New(agent.Options{
+		Config:  cfg,
+		Logger:  logger,
+		Version: version,
+	})
+	if err != nil {
+		return err
+	}
+	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	logger.Info("station agent stopped")
+	return nil
+}
+
+// newLogger logs to stderr. Under journald (JOURNAL_STREAM set) each line carries a syslog
+// priority prefix and no timestamp, since the journal stamps lines itself.
+func newLogger(w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	opts := &slog.HandlerOptions{Level: level}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+		pw := &prefixWriter{w: w}
+		return slog.New(&journalHandler{Handler: slog.NewTextHandler(pw, opts), pw: pw}), level
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), level
+}

@@ -1,0 +1,396 @@
+package door
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpioreg"
+	"periph.io/x/conn/v3/physic"
+	"periph.io/x/conn/v3/pin"
+)
+
+type rig struct {
+	clk *fakeClock
+	sw  *SimSwitch
+	d   *Door
+}
+
+func newRig(t *testing.T, sc SimSwitchConfig, cfg Config) *rig {
+	t.Helper()
+	clk := newFakeClock()
+	sc.Clock = clk
+	x := &rig{clk: clk, sw: NewSimSwitch(sc)}
+	cfg.Pin = x.sw
+	cfg.Clock = clk
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.d = d
+	t.Cleanup(func() { _ = d.Halt() })
+	// The watcher waits for the first time.
+	clk.waitCreated(t, 1)
+	return x
+}
+
+// at returns the fake time off after the start.
+func (x *rig) at(off time.Duration) time.Time {
+	return x.clk.start.Add(off)
+}
+
+// set moves the switch; with edge detection the watcher wakes and the call
+// waits until it waits again.
+func (x *rig) set(t *testing.T, open bool) {
+	t.Helper()
+	if x.d.Polling() {
+		x.sw.Set(open)
+		return
+	}
+	x.clk.do(t, func() { x.sw.Set(open) })
+}
+
+func (x *rig) wantEvent(t *testing.T, want Event) {
+	t.Helper()
+	select {
+	case got := <-x.d.Events():
+		if got.Open != want.Open || !got.At.Equal(want.At) {
+			t.Fatalf("event %+v, want %+v", got, want)
+		}
+	default:
+		t.Fatalf("no event, want %+v", want)
+	}
+	if s := x.d.State(); s.Open != want.Open || !s.At.Equal(want.At) {
+		t.Fatalf("state %+v, want %+v", s, want)
+	}
+}
+
+func (x *rig) wantNoEvent(t *testing.T) {
+	t.Helper()
+	select {
+	case got := <-x.d.Events():
+		t.Fatalf("unexpected event %+v", got)
+	default:
+	}
+}
+
+func TestStableChangeGivesOneEvent(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	if x.d.Polling() {
+		t.Fatal("polling although the pin has edges")
+	}
+	if s := x.d.State(); s.Open || !s.At.Equal(x.at(0)) {
+		t.Fatalf("initial state %+v", s)
+	}
+	x.clk.advanceTo(t, time.Second)
+	x.set(t, true)
+	x.clk.advanceTo(t, 1049*time.Millisecond)
+	x.wantNoEvent(t)
+	x.clk.advanceTo(t, 1050*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(time.Second)})
+	x.clk.advanceTo(t, 3*time.Second)
+	x.wantNoEvent(t)
+
+	x.set(t, false)
+	x.clk.advanceTo(t, 3050*time.Millisecond)
+	x.wantEvent(t, Event{Open: false, At: x.at(3 * time.Second)})
+	x.clk.advanceTo(t, 4*time.Second)
+	x.wantNoEvent(t)
+}
+
+func TestBounceShorterThanDebounceGivesNoEvent(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	x.clk.advanceTo(t, time.Second)
+	x.set(t, true)
+	x.clk.advanceTo(t, 1040*time.Millisecond)
+	x.set(t, false)
+	x.clk.advanceTo(t, 3*time.Second)
+	x.wantNoEvent(t)
+	if s := x.d.State(); s.Open || !s.At.Equal(x.at(0)) {
+		t.Fatalf("state %+v", s)
+	}
+}
+
+func TestChatterThenStableGivesOneEvent(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	x.clk.advanceTo(t, time.Second)
+	// Nine changes 10 ms apart: the contacts chatter, then stay open.
+	open := false
+	for i := 0; i < 9; i++ {
+		x.clk.advanceTo(t, time.Second+time.Duration(i)*10*time.Millisecond)
+		open = !open
+		x.set(t, open)
+	}
+	x.clk.advanceTo(t, 1129*time.Millisecond)
+	x.wantNoEvent(t)
+	x.clk.advanceTo(t, 1130*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(1080 * time.Millisecond)})
+	x.clk.advanceTo(t, 2*time.Second)
+	x.wantNoEvent(t)
+}
+
+func TestCustomDebounce(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{Open: true}, Config{Debounce: 200 * time.Millisecond})
+	if !x.d.State().Open {
+		t.Fatal("initial state closed")
+	}
+	x.clk.advanceTo(t, time.Second)
+	x.set(t, false)
+	x.clk.advanceTo(t, 1150*time.Millisecond)
+	x.set(t, true)
+	x.set(t, false)
+	x.clk.advanceTo(t, 1349*time.Millisecond)
+	x.wantNoEvent(t)
+	x.clk.advanceTo(t, 1350*time.Millisecond)
+	x.wantEvent(t, Event{Open: false, At: x.at(1150 * time.Millisecond)})
+}
+
+func TestPollingFallback(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{NoEdges: true}, Config{})
+	if !x.d.Polling() {
+		t.Fatal("not polling although the pin has no edges")
+	}
+	if s, r := x.d.Health(); s != HealthOK || r != "door: pin SIM_DOOR polled every 20ms" {
+		t.Fatalf("health %s %q", s, r)
+	}
+	if got := x.d.String(); got != "door{SIM_DOOR polling 20ms}" {
+		t.Fatalf("String() = %q", got)
+	}
+	x.clk.advanceTo(t, 1005*time.Millisecond)
+	x.set(t, true)
+	// Seen at the poll of 1.02 s; it must hold until 1.07 s.
+	x.clk.advanceTo(t, 1069*time.Millisecond)
+	x.wantNoEvent(t)
+	x.clk.advanceTo(t, 1070*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(1020 * time.Millisecond)})
+
+	// A bounce seen by one poll only is ignored.
+	x.clk.advanceTo(t, 2005*time.Millisecond)
+	x.set(t, false)
+	x.clk.advanceTo(t, 2025*time.Millisecond)
+	x.set(t, true)
+	x.clk.advanceTo(t, 3*time.Second)
+	x.wantNoEvent(t)
+	if !x.d.State().Open {
+		t.Fatal("state closed after a bounce")
+	}
+}
+
+func TestForcedPolling(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{Poll: true, PollInterval: 10 * time.Millisecond})
+	if !x.d.Polling() {
+		t.Fatal("not polling")
+	}
+	x.clk.advanceTo(t, 995*time.Millisecond)
+	x.set(t, true)
+	x.clk.advanceTo(t, 1050*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(time.Second)})
+}
+
+func TestOpenLow(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{OpenLow: true}, Config{OpenLow: true, Pull: gpio.Float})
+	if x.sw.Read() != gpio.High || x.d.State().Open {
+		t.Fatal("closed door should read High")
+	}
+	if x.sw.Pull() != gpio.Float {
+		t.Fatalf("pull %s", x.sw.Pull())
+	}
+	x.set(t, true)
+	if x.sw.Read() != gpio.Low {
+		t.Fatal("open door should read Low")
+	}
+	x.clk.advanceTo(t, 50*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(0)})
+}
+
+func TestDefaultPullUp(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	if x.sw.Pull() != gpio.PullUp {
+		t.Fatalf("pull %s", x.sw.Pull())
+	}
+}
+
+// TestMissedEdgeIsCaught checks that the periodic read finds a change whose
+// edge was lost.
+func TestMissedEdgeIsCaught(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	x.clk.advanceTo(t, 1100*time.Millisecond)
+	x.sw.mu.Lock()
+	x.sw.open = true // no edge
+	x.sw.mu.Unlock()
+	x.clk.advanceTo(t, 1299*time.Millisecond)
+	x.wantNoEvent(t)
+	x.clk.advanceTo(t, 1300*time.Millisecond)
+	x.wantEvent(t, Event{Open: true, At: x.at(1250 * time.Millisecond)})
+}
+
+func TestHaltClosesEvents(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{}, Config{})
+	x.set(t, true)
+	x.clk.advanceTo(t, 50*time.Millisecond)
+	// Halt interrupts the wait for an edge: no time needs to pass.
+	if err := x.d.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	// The event sent before Halt is still there, then the channel is closed.
+	if ev, ok := <-x.d.Events(); !ok || !ev.Open {
+		t.Fatalf("event %+v %t", ev, ok)
+	}
+	if _, ok := <-x.d.Events(); ok {
+		t.Fatal("events not closed")
+	}
+	if s, _ := x.d.Health(); s != HealthDown {
+		t.Fatalf("health %s", s)
+	}
+	if err := x.d.Halt(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHaltWhilePolling(t *testing.T) {
+	x := newRig(t, SimSwitchConfig{NoEdges: true}, Config{})
+	if err := x.d.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := <-x.d.Events(); ok {
+		t.Fatal("events not closed")
+	}
+}
+
+type badPin struct{ SimSwitch }
+
+func (*badPin) In(gpio.Pull, gpio.Edge) error { return errors.New("permission denied") }
+
+func TestNewErrors(t *testing.T) {
+	bad := &badPin{}
+	bad.N = "GPIO4"
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "door: no pin configured"},
+		{Config{Pin: gpio.INVALID}, "door: no pin configured"},
+		{Config{Pin: NewSimSwitch(SimSwitchConfig{}), Debounce: -1}, "door: negative debounce or poll interval"},
+		{Config{Pin: bad}, "door: pin GPIO4: permission denied"},
+	} {
+		d, err := New(tc.cfg)
+		if err == nil {
+			_ = d.Halt()
+			t.Fatalf("New(%+v) succeeded", tc.cfg)
+		}
+		if err.Error() != tc.want {
+			t.Errorf("error %q, want %q", err, tc.want)
+		}
+	}
+}
+
+func TestOpenByName(t *testing.T) {
+	if _, err := Open("DOORTEST_NOPE", Config{}); !errors.Is(err, ErrPinNotFound) || err.Error() != "door: pin DOORTEST_NOPE not found" {
+		t.Fatalf("Open = %v", err)
+	}
+	sw := NewSimSwitch(SimSwitchConfig{Open: true})
+	if err := gpioreg.Register(sw); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gpioreg.Unregister(sw.Name()) })
+	d, err := Open("SIM_DOOR", Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Halt()
+	if !d.State().Open {
+		t.Fatal("state closed")
+	}
+	if got := d.String(); got != "door{SIM_DOOR edges}" {
+		t.Fatalf("String() = %q", got)
+	}
+}
+
+// TestSimDoorSystemClock runs the emulated door as simulation does, with the
+// system clock, and waits for the event.
+func TestSimDoorSystemClock(t *testing.T) {
+	sw := NewSimSwitch(SimSwitchConfig{})
+	d, err := New(Config{Pin: sw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Halt()
+	before := time.Now()
+	sw.Set(true)
+	select {
+	case ev := <-d.Events():
+		if !ev.Open || ev.At.Before(before) {
+			t.Fatalf("event %+v", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event")
+	}
+	if !sw.IsOpen() {
+		t.Fatal("switch closed")
+	}
+	if err := sw.Out(gpio.High); err == nil {
+		t.Fatal("Out on an input succeeded")
+	}
+	if err := sw.PWM(gpio.DutyHalf, physic.KiloHertz); err == nil {
+		t.Fatal("PWM on an input succeeded")
+	}
+}
+
+func TestSimSwitchEdges(t *testing.T) {
+	sw := NewSimSwitch(SimSwitchConfig{Clock: newFakeClock()})
+	if sw.WaitForEdge(time.Hour) {
+		t.Fatal("edge without edge detection")
+	}
+	if err := sw.In(gpio.PullUp, gpio.RisingEdge); err != nil {
+		t.Fatal(err)
+	}
+	sw.Set(true) // rising
+	if !sw.WaitForEdge(-1) {
+		t.Fatal("no rising edge")
+	}
+	sw.Set(false) // falling: not watched
+	sw.Set(true)  // rising again
+	sw.Set(false)
+	sw.Set(true)
+	if !sw.WaitForEdge(-1) {
+		t.Fatal("no rising edge")
+	}
+	if !strings.HasPrefix(sw.Function(), "In/High") {
+		t.Fatalf("Function() = %q", sw.Function())
+	}
+	ns := NewSimSwitch(SimSwitchConfig{NoEdges: true})
+	if err := ns.In(gpio.PullUp, gpio.BothEdges); err == nil {
+		t.Fatal("NoEdges switch accepted edges")
+	}
+}
+
+func TestDebouncer(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	b := debouncer{window: 50 * time.Millisecond}
+	if _, ok := b.deadline(); ok {
+		t.Fatal("deadline while stable")
+	}
+	if _, ok := b.sample(true, ms(0), true); ok {
+		t.Fatal("event at once")
+	}
+	if dl, ok := b.deadline(); !ok || !dl.Equal(ms(50)) {
+		t.Fatalf("deadline %v %t", dl, ok)
+	}
+	// Another edge with the same level read: it bounced, the window restarts.
+	b.sample(true, ms(30), true)
+	if _, ok := b.sample(true, ms(60), false); ok {
+		t.Fatal("event before the restarted window ends")
+	}
+	ev, ok := b.sample(true, ms(80), false)
+	if !ok || !ev.Open || !ev.At.Equal(ms(30)) {
+		t.Fatalf("event %+v %t", ev, ok)
+	}
+	if _, ok := b.sample(true, ms(200), true); ok {
+		t.Fatal("event without a change")
+	}
+}
+
+var _ pin.Pin = (*badPin)(nil)

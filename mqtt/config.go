@@ -1,0 +1,352 @@
+package mqtt
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Defaults applied by New to zero fields of Config.
+const (
+	DefaultKeepAlive      = 30 * time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultAckTimeout     = 30 * time.Second
+	DefaultBackoffMin     = 1 * time.Second
+	DefaultBackoffMax     = 2 * time.Minute
+	DefaultWindow         = 32
+)
+
+// MaxWindow is the largest accepted Config.Window. MQTT packet identifiers
+// are 16 bits; far fewer in flight already saturate any station uplink.
+const MaxWindow = 4096
+
+// Stream maps an outbox stream to a topic. Items of a stream are published
+// in seq order with QoS 1, or QoS 0 when QoS is 0.
+type Stream struct {
+	Name  string // outbox stream name
+	Topic string // MQTT topic the stream's items are published on
+	QoS   byte   // 1 (at least once) or 0 (best effort: deleted once written)
+}
+
+// Config configures a Link. Zero durations and Window take the defaults
+// above. Only Broker and ClientID are required.
+type Config struct {
+	// Broker is the broker URL: tcp://host[:1883], mqtt://host[:1883],
+	// tls://host[:8883], ssl://host[:8883] or mqtts://host[:8883].
+	// Credentials do not belong in the URL: use Username and Password.
+	Broker string
+	// ClientID is the stable MQTT client id (the station id). The broker
+	// keeps the session (subscriptions, queued commands) under it.
+	ClientID string
+	Username string
+	Password string
+
+	// CAFile, CertFile and KeyFile configure TLS for tls://, ssl:// and
+	// mqtts:// brokers. Without CAFile the system roots are used; CertFile
+	// and KeyFile (both or neither) give a client certificate. The files
+	// are read again on every connect attempt, so they can be rotated
+	// without a restart.
+	CAFile, CertFile, KeyFile string
+
+	// KeepAlive is the MQTT keep-alive interval (whole seconds, at least
+	// 1s; default 30s).
+	KeepAlive time.Duration
+	// ConnectTimeout bounds the TCP dial, the TLS handshake and the wait
+	// for CONNACK (default 10s). It also bounds the wait for a PINGRESP
+	// and, together with AckTimeout, a blocked socket write.
+	ConnectTimeout time.Duration
+	// AckTimeout: a publish or subscribe that gets no acknowledgement for
+	// this long means the connection is broken; the link drops it and
+	// reconnects (default 30s).
+	AckTimeout time.Duration
+	// BackoffMin and BackoffMax bound the wait between connect attempts:
+	// exponential from BackoffMin, capped at BackoffMax, with full jitter
+	// (defaults 1s and 2m). The backoff starts again from BackoffMin after
+	// a connection that stayed up for min(BackoffMax, 1m).
+	BackoffMin, BackoffMax time.Duration
+	// Window is the maximum number of outbox items published and not yet
+	// acknowledged, over all streams (default 32). The link holds at most
+	// 2×Window items in memory; the backlog stays in the outbox.
+	Window int
+
+	// StatusTopic is the retained status topic. Empty disables the online
+	// status, the last will and the shutdown status.
+	StatusTopic string
+	// Status returns the online status payload. It is called on every
+	// connect and on UpdateStatus, and published retained with QoS 1.
+	Status func() []byte
+	// WillPayload is the last will, published retained with QoS 1 on
+	// StatusTopic by the broker when the connection is lost without a
+	// clean DISCONNECT. Nil means no will.
+	WillPayload []byte
+	// ShutdownStatus returns the status published retained with QoS 1
+	// when Run stops cleanly, before DISCONNECT.
+	ShutdownStatus func() []byte
+
+	// Streams are drained from the outbox in seq order, round robin.
+	Streams []Stream
+	// Subscriptions are topic filters subscribed with QoS 1 after every
+	// connect. The session is persistent: messages published while the
+	// link is away are delivered when it comes back.
+	Subscriptions []string
+	// OnMessage receives messages on the subscribed topics. It runs on
+	// the connection's receive path and must not block long: hand the
+	// message over and return. Call Message.Ack once the message is
+	// safely handled (stored); an unacknowledged message is delivered
+	// again after the next reconnect. Required with Subscriptions.
+	OnMessage func(Message)
+
+	// Logger receives connection events; nil means quiet.
+	Logger *slog.Logger
+	// Rand is the jitter source, returning values in [0,1); nil means
+	// math/rand/v2.
+	Rand func() float64
+}
+
+// broker is a validated broker address.
+type broker struct {
+	url      *url.URL // scheme, host and port only: handed to paho
+	hostport string   // dial address
+	host     string   // TLS server name
+	tls      bool
+}
+
+func (b broker) String() string { return b.url.String() }
+
+// parseBroker validates a broker URL and fills in the default port.
+func parseBroker(raw string) (broker, error) {
+	if raw == "" {
+		return broker{}, errors.New("mqtt: no broker URL configured")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error repeats the input, which may hold credentials.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return broker{}, fmt.Errorf("mqtt: broker URL is not a valid URL: %w", err)
+	}
+	if u.User != nil {
+		return broker{}, errors.New("mqtt: broker URL must not contain credentials: set the username and password instead")
+	}
+	var b broker
+	var port string
+	switch strings.ToLower(u.Scheme) {
+	case "tcp", "mqtt":
+		port = "1883"
+	case "tls", "ssl", "mqtts":
+		port = "8883"
+		b.tls = true
+	case "":
+		return broker{}, fmt.Errorf("mqtt: broker URL %q has no scheme: want tcp://host:port or tls://host:port", raw)
+	default:
+		return broker{}, fmt.Errorf("mqtt: broker URL %q: unsupported scheme %q: want tcp://, mqtt://, tls://, ssl:// or mqtts://", raw, u.Scheme)
+	}
+	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return broker{}, fmt.Errorf("mqtt: broker URL %q: want scheme://host:port with no path or query", raw)
+	}
+	b.host = u.Hostname()
+	if b.host == "" {
+		return broker{}, fmt.Errorf("mqtt: broker URL %q has no host", raw)
+	}
+	if p := u.Port(); p != "" {
+		port = p
+	}
+	b.hostport = net.JoinHostPort(b.host, port)
+	scheme := "tcp"
+	if b.tls {
+		scheme = "tls"
+	}
+	b.url = &url.URL{Scheme: scheme, Host: b.hostport}
+	return b, nil
+}
+
+// checkTopic validates a topic name for publishing.
+func checkTopic(what, topic string) error {
+	switch {
+	case topic == "":
+		return fmt.Errorf("mqtt: %s is empty", what)
+	case len(topic) > 65535:
+		return fmt.Errorf("mqtt: %s is longer than 65535 bytes", what)
+	case !utf8.ValidString(topic) || strings.ContainsRune(topic, 0):
+		return fmt.Errorf("mqtt: %s %q is not valid UTF-8 without NUL", what, topic)
+	case strings.ContainsAny(topic, "+#"):
+		return fmt.Errorf("mqtt: %s %q must not contain wildcards", what, topic)
+	}
+	return nil
+}
+
+// checkFilter validates a subscription topic filter.
+func checkFilter(filter string) error {
+	if filter == "" || len(filter) > 65535 || !utf8.ValidString(filter) || strings.ContainsRune(filter, 0) {
+		return fmt.Errorf("mqtt: subscription %q is not a valid topic filter", filter)
+	}
+	levels := strings.Split(filter, "/")
+	for i, lv := range levels {
+		if strings.Contains(lv, "#") && (lv != "#" || i != len(levels)-1) {
+			return fmt.Errorf("mqtt: subscription %q: '#' must be a whole last level", filter)
+		}
+		if strings.Contains(lv, "+") && lv != "+" {
+			return fmt.Errorf("mqtt: subscription %q: '+' must be a whole level", filter)
+		}
+	}
+	return nil
+}
+
+// normalize validates cfg and fills in defaults. It returns the parsed broker.
+func (cfg *Config) normalize() (broker, error) {
+	b, err := parseBroker(cfg.Broker)
+	if err != nil {
+		return broker{}, err
+	}
+	if cfg.ClientID == "" {
+		return broker{}, errors.New("mqtt: no client id configured")
+	}
+	if len(cfg.ClientID) > 65535 || !utf8.ValidString(cfg.ClientID) {
+		return broker{}, errors.New("mqtt: client id is not valid UTF-8 of at most 65535 bytes")
+	}
+	if cfg.Password != "" && cfg.Username == "" {
+		return broker{}, errors.New("mqtt: a password needs a username (MQTT 3.1.1)")
+	}
+	if !b.tls && (cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "") {
+		return broker{}, fmt.Errorf("mqtt: CA, certificate or key file given but broker %s is not TLS: use tls://", b)
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return broker{}, errors.New("mqtt: client certificate and key files must be given together")
+	}
+
+	durations := []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"keep-alive", &cfg.KeepAlive, DefaultKeepAlive},
+		{"connect timeout", &cfg.ConnectTimeout, DefaultConnectTimeout},
+		{"ack timeout", &cfg.AckTimeout, DefaultAckTimeout},
+		{"minimum backoff", &cfg.BackoffMin, DefaultBackoffMin},
+		{"maximum backoff", &cfg.BackoffMax, DefaultBackoffMax},
+	}
+	for _, d := range durations {
+		if *d.d < 0 {
+			return broker{}, fmt.Errorf("mqtt: %s %v is negative", d.name, *d.d)
+		}
+		if *d.d == 0 {
+			*d.d = d.def
+		}
+	}
+	if cfg.KeepAlive < time.Second || cfg.KeepAlive > 65535*time.Second {
+		return broker{}, fmt.Errorf("mqtt: keep-alive %v is outside 1s..65535s", cfg.KeepAlive)
+	}
+	if cfg.BackoffMin > cfg.BackoffMax {
+		return broker{}, fmt.Errorf("mqtt: minimum backoff %v is larger than maximum backoff %v", cfg.BackoffMin, cfg.BackoffMax)
+	}
+	switch {
+	case cfg.Window < 0 || cfg.Window > MaxWindow:
+		return broker{}, fmt.Errorf("mqtt: window %d is outside 1..%d", cfg.Window, MaxWindow)
+	case cfg.Window == 0:
+		cfg.Window = DefaultWindow
+	}
+
+	if cfg.StatusTopic != "" {
+		if err := checkTopic("status topic", cfg.StatusTopic); err != nil {
+			return broker{}, err
+		}
+	} else if cfg.Status != nil || cfg.WillPayload != nil || cfg.ShutdownStatus != nil {
+		return broker{}, errors.New("mqtt: status, last will or shutdown status given without a status topic")
+	}
+
+	names := make(map[string]bool, len(cfg.Streams))
+	for _, s := range cfg.Streams {
+		if s.Name == "" {
+			return broker{}, errors.New("mqtt: stream with an empty name")
+		}
+		if names[s.Name] {
+			return broker{}, fmt.Errorf("mqtt: stream %q configured twice", s.Name)
+		}
+		names[s.Name] = true
+		if err := checkTopic(fmt.Sprintf("topic of stream %q", s.Name), s.Topic); err != nil {
+			return broker{}, err
+		}
+		if s.QoS > 1 {
+			return broker{}, fmt.Errorf("mqtt: stream %q: QoS %d not supported (0 or 1)", s.Name, s.QoS)
+		}
+	}
+	for _, f := range cfg.Subscriptions {
+		if err := checkFilter(f); err != nil {
+			return broker{}, err
+		}
+	}
+	if len(cfg.Subscriptions) > 0 && cfg.OnMessage == nil {
+		return broker{}, errors.New("mqtt: subscriptions given without an OnMessage handler")
+	}
+	cfg.Streams = append([]Stream(nil), cfg.Streams...)
+	cfg.Subscriptions = append([]string(nil), cfg.Subscriptions...)
+	cfg.WillPayload = append([]byte(nil), cfg.WillPayload...)
+	return b, nil
+}
+
+// tlsConfig reads the CA, certificate and key files and builds the client
+// TLS configuration for one connect attempt.
+func (cfg *Config) tlsConfig(serverName string) (*tls.Config, error) {
+	tc := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		ServerName: serverName,
+	}
+	if cfg.CAFile != "" {
+		data, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(data) {
+			return nil, fmt.Errorf("mqtt: CA file %s: no PEM certificate found", cfg.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.CertFile != "" {
+		certPEM, err := os.ReadFile(cfg.CertFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: client certificate file: %w", err)
+		}
+		if !hasPEM(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
+			return nil, fmt.Errorf("mqtt: client certificate file %s: no PEM certificate found", cfg.CertFile)
+		}
+		keyPEM, err := os.ReadFile(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: client key file: %w", err)
+		}
+		if !hasPEM(keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
+			return nil, fmt.Errorf("mqtt: client key file %s: no PEM private key found", cfg.KeyFile)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: client certificate %s with key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// hasPEM reports whether data holds a PEM block whose type satisfies ok.
+func hasPEM(data []byte, ok func(string) bool) bool {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return false
+		}
+		if ok(b.Type) {
+			return true
+		}
+	}
+}

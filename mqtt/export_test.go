@@ -1,0 +1,4 @@
+package mqtt
+
+// Backoff exposes backoff to the tests.
+var Backoff = backoff

@@ -1,0 +1,41 @@
+// Package store is the station agent's durable outbox: an append-only,
+// per-stream queue of records kept in a bbolt file.
+//
+// A record is appended in one fsynced transaction and gets a per-stream
+// sequence number (1, 2, 3 …) that is never reused and has no gaps, across
+// deletes, restarts and power cuts. Records are read back in sequence order,
+// a bounded page at a time, and deleted once the broker has acknowledged
+// them.
+//
+// # Capacity
+//
+// Stored bytes are accounted per record as the payload length plus a fixed
+// overhead (see [RecordOverhead]) and capped by [Options.MaxBytes]. When an
+// append would go over the cap, the oldest records of the [Telemetry] stream
+// are evicted first, whatever the class of the new record; only when
+// telemetry cannot make enough room is the record refused with [ErrFull].
+// [Critical] records may use a reserve above the cap (MaxBytes/16, at least
+// 64 KiB) so that alarms, boot records and command responses still go through
+// on a full store. Nothing but telemetry is ever deleted without an explicit
+// [Store.Delete].
+//
+// The file itself is limited with bbolt's MaxSize, set from MaxBytes with
+// headroom for the B+tree (see [Options.MaxBytes]); on 32-bit platforms the
+// file, and so the memory map, stays at or below 512 MiB.
+//
+// # Robustness
+//
+// [Open] checks the file. A file that cannot be opened as a bbolt database, is
+// shorter than its own metadata says, or fails the consistency check is moved
+// aside to "<path>.broken-<UTC time>" and a fresh store is created;
+// [Store.Recovered] reports it so the agent can raise an alarm. A file locked
+// by another process is never touched: Open returns [ErrLocked].
+//
+// The file never shrinks by itself. Open compacts it when the backlog is tiny
+// and the file is far larger than needed, and [Store.CompactIfWasteful] does
+// the same on demand, for example when the backlog has drained after a long
+// outage.
+//
+// Only this package imports bbolt; it knows nothing of MQTT, drivers or the
+// agent.
+package store

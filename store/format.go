@@ -1,0 +1,191 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// File layout (format 1):
+//
+//	meta      "format"          -> 1 byte, formatVersion
+//	          "stream/<name>"   -> 24 bytes: last seq, depth, accounted bytes (big-endian)
+//	settings  <key>             -> <value>
+//	rec/<name> seq (8 bytes BE) -> added (8 bytes BE, Unix ns) + payload
+//
+// Record keys are big-endian so that cursor order is seq order. The stream
+// counters live beside the records and change in the same transaction, so
+// they always agree with them, and the last seq survives the deletion of
+// every record.
+const formatVersion = 1
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketSettings = []byte("settings")
+	keyFormat      = []byte("format")
+)
+
+// headerLen is the length of the record header (the added time).
+const headerLen = 8
+
+// counterLen is the length of a stream counters value.
+const counterLen = 24
+
+var (
+	// errNothing rolls back a write transaction that changed nothing, so it
+	// costs no fsync.
+	errNothing       = errors.New("store: nothing to commit")
+	errMissingBucket = errors.New("bucket missing")
+	errShortRecord   = errors.New("record shorter than its header")
+)
+
+func recordBucketName(st Stream) []byte { return []byte("rec/" + string(st)) }
+
+func counterKey(st Stream) []byte { return []byte("stream/" + string(st)) }
+
+// recordBucket returns the bucket of st's records.
+func recordBucket(tx *bbolt.Tx, st Stream) (*bbolt.Bucket, error) {
+	b := tx.Bucket(recordBucketName(st))
+	if b == nil {
+		return nil, fmt.Errorf("stream %s: %w", st, errMissingBucket)
+	}
+	return b, nil
+}
+
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+// accounted is the number of bytes a record with a payload of n bytes
+// counts against MaxBytes.
+func accounted(n int) int64 { return int64(n) + RecordOverhead }
+
+func encodeRecord(added time.Time, payload []byte) []byte {
+	v := make([]byte, headerLen+len(payload))
+	binary.BigEndian.PutUint64(v, uint64(added.UnixNano()))
+	copy(v[headerLen:], payload)
+	return v
+}
+
+func decodeAdded(v []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC()
+}
+
+// decodeRecord copies a record out of a transaction.
+func decodeRecord(st Stream, k, v []byte) (Record, error) {
+	if len(k) != 8 {
+		return Record{}, fmt.Errorf("stream %s: key of %d bytes", st, len(k))
+	}
+	seq := binary.BigEndian.Uint64(k)
+	if len(v) < headerLen {
+		return Record{}, fmt.Errorf("stream %s record %d: %w", st, seq, errShortRecord)
+	}
+	return Record{
+		Stream:  st,
+		Seq:     seq,
+		Payload: append(make([]byte, 0, len(v)-headerLen), v[headerLen:]...),
+		Added:   decodeAdded(v),
+	}, nil
+}
+
+// streamCounters are the persisted counters of one stream.
+type streamCounters struct {
+	last  uint64 // highest seq ever assigned
+	depth int64  // records stored
+	bytes int64  // their accounted bytes
+}
+
+// counters holds the counters of every stream, indexed like streams.
+type counters [len(streams)]streamCounters
+
+func streamIndex(st Stream) int {
+	for i, s := range streams {
+		if s == st {
+			return i
+		}
+	}
+	panic("store: unknown stream " + string(st))
+}
+
+func (cs *counters) get(st Stream) streamCounters    { return cs[streamIndex(st)] }
+func (cs *counters) set(st Stream, c streamCounters) { cs[streamIndex(st)] = c }
+
+// total returns the accounted bytes of all streams.
+func (cs *counters) total() int64 {
+	var n int64
+	for _, c := range cs {
+		n += c.bytes
+	}
+	return n
+}
+
+func loadCounters(tx *bbolt.Tx) (counters, error) {
+	var cs counters
+	m := tx.Bucket(bucketMeta)
+	if m == nil {
+		return cs, fmt.Errorf("meta: %w", errMissingBucket)
+	}
+	for i, st := range streams {
+		v := m.Get(counterKey(st))
+		if v == nil {
+			continue // no record yet
+		}
+		if len(v) != counterLen {
+			return cs, fmt.Errorf("counters of %s: %d bytes, want %d", st, len(v), counterLen)
+		}
+		cs[i] = streamCounters{
+			last:  binary.BigEndian.Uint64(v[0:]),
+			depth: int64(binary.BigEndian.Uint64(v[8:])),
+			bytes: int64(binary.BigEndian.Uint64(v[16:])),
+		}
+	}
+	return cs, nil
+}
+
+func (cs *counters) save(tx *bbolt.Tx) error {
+	m := tx.Bucket(bucketMeta)
+	if m == nil {
+		return fmt.Errorf("meta: %w", errMissingBucket)
+	}
+	for i, st := range streams {
+		c := cs[i]
+		v := make([]byte, counterLen) // bbolt keeps the slice until commit
+		binary.BigEndian.PutUint64(v[0:], c.last)
+		binary.BigEndian.PutUint64(v[8:], uint64(c.depth))
+		binary.BigEndian.PutUint64(v[16:], uint64(c.bytes))
+		if err := m.Put(counterKey(st), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkTx runs bbolt's consistency check and returns up to 10 of the
+// problems it finds. Values never appear in the messages.
+func checkTx(tx *bbolt.Tx) error {
+	var errs []error
+	n := 0
+	for err := range tx.Check(bbolt.WithKVStringer(redactedKV{})) {
+		n++
+		if len(errs) < 10 {
+			errs = append(errs, err)
+		}
+	}
+	if n > len(errs) {
+		errs = append(errs, fmt.Errorf("and %d more problems", n-len(errs)))
+	}
+	return errors.Join(errs...)
+}
+
+// redactedKV prints keys (seqs and setting names) in hex and never values,
+// which may hold card records.
+type redactedKV struct{}
+
+func (redactedKV) KeyToString(k []byte) string   { return hex.EncodeToString(k) }
+func (redactedKV) ValueToString(v []byte) string { return fmt.Sprintf("<%d bytes>", len(v)) }
