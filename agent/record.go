@@ -34,15 +34,15 @@ type RecordError struct {
 
 // Record types written by the agent itself.
 const (
-	TypeCardTap         = "card.tap"
-	TypeCardError       = "card.error"
-	TypeBoot            = "station.boot"
-	TypeConfigChanged   = "config.changed"
-	TypeStoreRecovered  = "store.recovered"
-	TypeStoreFull       = "store.full"
-	TypeDoorOpen        = "door.open"
-	TypeDoorClose       = "door.close"
-	TypeClockJump       = "clock.jump"
+	TypeCardTap        = "card.tap"
+	TypeCardError      = "card.error"
+	TypeBoot           = "station.boot"
+	TypeConfigChanged  = "config.changed"
+	TypeStoreRecovered = "store.recovered"
+	TypeStoreFull      = "store.full"
+	TypeDoorOpen       = "door.open"
+	TypeDoorClose      = "door.close"
+	TypeClockJump      = "clock.jump"
 )
 
 // submittedTypeRE is what other station software may use as a record type through the local API:

@@ -164,14 +164,14 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 	defer t.Stop()
 	last := a.statusKey()
 	lastCompact := time.Now()
-	clock := newClockWatch(a.now())
+	clock := newClockWatch(a.now(), time.Since(a.start))
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		if jump, from, to := clock.check(a.now()); jump != 0 {
+		if jump, from, to := clock.observe(a.now(), time.Since(a.start)); jump != 0 {
 			a.clockJumped(jump, from, to)
 		}
 		if k := a.statusKey(); k != last {
@@ -194,20 +194,24 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 const clockJumpThreshold = 2 * time.Second
 
 // clockWatch notices wall-clock steps (NTP's first sync after a boot at 1970, a manual date -s) by
-// comparing wall time against the monotonic clock.
+// comparing elapsed wall time against elapsed monotonic time.
 type clockWatch struct {
-	last time.Time // carries both readings
+	wall time.Time     // last wall reading
+	mono time.Duration // last monotonic reading
 }
 
-func newClockWatch(now time.Time) *clockWatch { return &clockWatch{last: now} }
+func newClockWatch(wall time.Time, mono time.Duration) *clockWatch {
+	return &clockWatch{wall: wall.Round(0), mono: mono}
+}
 
-// check returns the jump (wall elapsed minus monotonic elapsed) if it exceeds the threshold.
-func (c *clockWatch) check(now time.Time) (jump time.Duration, from, to time.Time) {
-	mono := now.Sub(c.last)                  // monotonic when both readings have it
-	wall := now.Round(0).Sub(c.last.Round(0)) // Round(0) strips the monotonic reading
-	from, c.last = c.last, now
-	if d := wall - mono; d > clockJumpThreshold || d < -clockJumpThreshold {
-		return d, from.Add(mono).Round(0), now.Round(0)
+// observe takes a wall and a monotonic reading and returns the jump (wall elapsed minus monotonic
+// elapsed) if it exceeds the threshold, with the wall time expected and the one found.
+func (c *clockWatch) observe(wall time.Time, mono time.Duration) (jump time.Duration, expected, got time.Time) {
+	wall = wall.Round(0) // Round(0) strips Go's monotonic reading: compare wall to wall
+	expected = c.wall.Add(mono - c.mono)
+	c.wall, c.mono = wall, mono
+	if d := wall.Sub(expected); d > clockJumpThreshold || d < -clockJumpThreshold {
+		return d, expected, wall
 	}
 	return 0, time.Time{}, time.Time{}
 }

@@ -1,0 +1,270 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"station.dev/agent/agent/config"
+	"station.dev/agent/drivers/cardreader"
+	"station.dev/agent/drivers/emv"
+	"station.dev/agent/mqtt/brokertest"
+	"station.dev/agent/store"
+)
+
+// fakeReader stands in for the card reader hardware.
+type fakeReader struct{ c chan cardreader.Presentation }
+
+func (f *fakeReader) Next(ctx context.Context) (cardreader.Presentation, error) {
+	select {
+	case p := <-f.c:
+		return p, nil
+	case <-ctx.Done():
+		return cardreader.Presentation{}, ctx.Err()
+	}
+}
+
+// fakeIndicator records the patterns shown.
+type fakeIndicator struct {
+	mu       sync.Mutex
+	patterns []string
+	shown    chan string
+}
+
+func (f *fakeIndicator) Show(p string) {
+	f.mu.Lock()
+	f.patterns = append(f.patterns, p)
+	f.mu.Unlock()
+	select {
+	case f.shown <- p:
+	default:
+	}
+}
+
+func closedPortURL(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return "tcp://" + ln.Addr().String()
+}
+
+type harness struct {
+	a    *Agent
+	r    *fakeReader
+	ind  *fakeIndicator
+	stop func()
+}
+
+func startHarness(t *testing.T, broker string, mutate func(*config.Config)) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := &config.Config{
+		StationID: "agent-test", DataDir: filepath.Join(dir, "data"), Socket: filepath.Join(dir, "s.sock"),
+		MQTT:   config.MQTT{Broker: broker, TopicPrefix: brokertest.UniquePrefix(t)},
+		Reader: config.Reader{Driver: "none"},
+	}
+	if mutate != nil {
+		mutate(cfg)
+	}
+	if err := cfg.Normalize(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{r: &fakeReader{c: make(chan cardreader.Presentation)}, ind: &fakeIndicator{shown: make(chan string, 100)}}
+	ready := make(chan struct{})
+	a, err := New(Options{Config: cfg, Reader: h.r, Indicator: h.ind, EmbeddedAddr: "127.0.0.1:0",
+		OnReady: func() { close(ready) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.a = a
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	h.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		select {
+		case <-ctx.Done():
+		default:
+			h.stop()
+		}
+	})
+	<-ready
+	return h
+}
+
+func card(n int) cardreader.Presentation {
+	return cardreader.Presentation{Card: &emv.Identity{Kind: "uid", Token: fmt.Sprintf("token-%d", n)}}
+}
+
+func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
+	h := startHarness(t, closedPortURL(t), func(c *config.Config) { c.Store.MaxBytes = 1 << 20 })
+	var refused, recorded int
+	for i := 0; refused < 3; i++ {
+		if i > 20000 {
+			t.Fatal("the store never filled")
+		}
+		res := h.a.handlePresentation(card(i))
+		if res.OK {
+			recorded++
+			if p := <-h.ind.shown; p != PatternRecordedOffline {
+				t.Fatalf("recorded offline shown as %q", p)
+			}
+			continue
+		}
+		if res.ID != "" {
+			t.Fatalf("refused tap has a record id: %+v", res)
+		}
+		refused++
+		if p := <-h.ind.shown; p != PatternRefused {
+			t.Fatalf("refusal shown as %q", p)
+		}
+	}
+	st, err := h.a.store.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := st.Streams[store.Events]
+	// boot + recorded taps + exactly one store.full alarm; nothing recorded was dropped.
+	if ev.Depth != recorded+2 || ev.LastSeq != uint64(recorded+2) {
+		t.Fatalf("events depth %d last seq %d, want %d (boot + %d taps + 1 alarm)", ev.Depth, ev.LastSeq, recorded+2, recorded)
+	}
+	var alarms int
+	for _, b := range h.a.recent.last(0) {
+		var r Record
+		_ = json.Unmarshal(b, &r)
+		if r.Type == TypeStoreFull {
+			alarms++
+		}
+	}
+	if alarms != 1 {
+		t.Fatalf("%d store.full alarms, want 1", alarms)
+	}
+	if !h.a.queueStatus().Full {
+		t.Fatal("queue status does not say full")
+	}
+}
+
+func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
+	url := brokertest.URL(t)
+	h := startHarness(t, url, nil)
+	sub := brokertest.Subscribe(t, url, h.a.topics.events, 100)
+	status := brokertest.Subscribe(t, url, h.a.topics.status, 100)
+	waitFor(t, func() bool { return h.a.link.Stats().Connected })
+	h.r.c <- card(1)
+	h.r.c <- cardreader.Presentation{Error: cardreader.CodeRemoved, Detail: "card left the field"}
+	var types []string
+	for len(types) < 2 {
+		m := sub.Next(t, 10*time.Second)
+		var r Record
+		if err := json.Unmarshal(m.Payload, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Type == TypeBoot {
+			continue // published before the subscriber was there, unless the link was slower
+		}
+		types = append(types, r.Type)
+		if r.Type == TypeCardError && (r.Error == nil || r.Error.Code != "removed") {
+			t.Fatalf("card.error without its code: %s", m.Payload)
+		}
+	}
+	if types[0] != TypeCardTap || types[1] != TypeCardError {
+		t.Fatalf("types %v", types)
+	}
+	if p := <-h.ind.shown; p != PatternRecorded {
+		t.Fatalf("online tap shown as %q", p)
+	}
+	m := status.Next(t, 10*time.Second)
+	var st Status
+	if err := json.Unmarshal(m.Payload, &st); err != nil || st.State != "online" || st.BootID != h.a.bootID {
+		t.Fatalf("status %s", m.Payload)
+	}
+	h.stop()
+	for {
+		m := status.Next(t, 10*time.Second)
+		var st struct{ State, Reason string }
+		_ = json.Unmarshal(m.Payload, &st)
+		if st.State == "offline" {
+			if st.Reason != "shutdown" {
+				t.Fatalf("clean stop left %s", m.Payload)
+			}
+			return
+		}
+	}
+}
+
+func TestSubmittedTypeNames(t *testing.T) {
+	for s, ok := range map[string]bool{"kiosk.receipt": true, "a.b.c": true, "card": false, "Card.tap": false, "x..y": false, "a.b.c.d.e": false} {
+		if submittedTypeRE.MatchString(s) != ok {
+			t.Errorf("%q: want %v", s, ok)
+		}
+	}
+}
+
+func TestClockWatch(t *testing.T) {
+	boot := time.Date(1970, 1, 1, 0, 0, 10, 0, time.UTC) // a Pi without RTC before NTP
+	w := newClockWatch(boot, 10*time.Second)
+	if j, _, _ := w.observe(boot.Add(5*time.Second), 15*time.Second); j != 0 {
+		t.Fatalf("false jump %v", j)
+	}
+	// A small slew is not a jump.
+	if j, _, _ := w.observe(boot.Add(10*time.Second+time.Second), 20*time.Second); j != 0 {
+		t.Fatalf("slew taken for a jump: %v", j)
+	}
+	// NTP steps the clock to 2026 while 5s pass.
+	synced := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
+	j, expected, got := w.observe(synced, 25*time.Second)
+	if want := synced.Sub(boot.Add(16 * time.Second)); j != want || !got.Equal(synced) || !expected.Equal(boot.Add(16*time.Second)) {
+		t.Fatalf("jump %v (want %v), expected %v, got %v", j, want, expected, got)
+	}
+	// A step back is a jump too.
+	if j, _, _ := w.observe(synced.Add(-time.Minute), 30*time.Second); j != -time.Minute-5*time.Second {
+		t.Fatalf("backward jump %v", j)
+	}
+}
+
+func TestRecentRing(t *testing.T) {
+	r := newRecentRecords(3)
+	for _, s := range []string{"a", "b", "c", "d"} {
+		r.add([]byte(s))
+	}
+	got := r.last(0)
+	if len(got) != 3 || string(got[0]) != "b" || string(got[2]) != "d" {
+		t.Fatalf("%q", got)
+	}
+	if got := r.last(2); len(got) != 2 || string(got[0]) != "c" {
+		t.Fatalf("%q", got)
+	}
+	ch := r.follow()
+	r.add([]byte("e"))
+	if string(<-ch) != "e" {
+		t.Fatal("follower missed a record")
+	}
+	r.unfollow(ch)
+	if _, ok := <-ch; ok {
+		t.Fatal("unfollowed channel still open")
+	}
+}
+
+// waitFor polls a condition that has no channel to wait on, with a deadline.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
