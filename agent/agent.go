@@ -96,6 +96,7 @@ type Agent struct {
 	reader Reader
 	ind    Indicator
 	sim    *simHardware
+	periph *peripherals
 	api    *apiServer
 
 	recent   *recentRecords
@@ -118,12 +119,12 @@ func topicsFor(prefix, id string) topics {
 
 // New opens the store, prepares the hardware and the broker link. It does not start any loop:
 // Run does. On error everything opened so far is closed again.
-func New(opts Options) (a *Agent, err error) {
+func New(opts Options) (*Agent, error) {
 	cfg := opts.Config
 	if cfg == nil {
 		return nil, errors.New("agent: no configuration")
 	}
-	a = &Agent{
+	a := &Agent{
 		cfg:     cfg,
 		log:     opts.Logger,
 		version: opts.Version,
@@ -150,8 +151,9 @@ func New(opts Options) (a *Agent, err error) {
 	if a.version == "" {
 		a.version = "dev"
 	}
+	built := false
 	defer func() {
-		if err != nil {
+		if !built {
 			a.close()
 		}
 	}()
@@ -159,6 +161,7 @@ func New(opts Options) (a *Agent, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("agent: data directory: %w", err)
 	}
+	var err error
 	a.store, err = store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{
 		MaxBytes: int64(cfg.Store.MaxBytes),
 	})
@@ -172,6 +175,7 @@ func New(opts Options) (a *Agent, err error) {
 	if err := a.setupHardware(); err != nil {
 		return nil, err
 	}
+	a.setupPeripherals()
 
 	brokerURL := cfg.MQTT.Broker
 	if brokerURL == config.Embedded {
@@ -220,6 +224,7 @@ func New(opts Options) (a *Agent, err error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.link = link
+	built = true
 	return a, nil
 }
 
@@ -254,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		{"reader", a.readerLoop},
 		{"telemetry", a.telemetryLoop},
 		{"status", a.statusLoop},
+		{"peripherals", a.peripheralsLoop},
 		{"api", a.api.serve},
 	}
 	errc := make(chan error, len(loops))

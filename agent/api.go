@@ -31,6 +31,9 @@ func newAPIServer(a *Agent, ln net.Listener) *apiServer {
 	mux.HandleFunc("GET /api/v0/events", s.events)
 	mux.HandleFunc("POST /api/v0/records", s.submit)
 	mux.HandleFunc("POST /api/v0/tap", s.tap)
+	mux.HandleFunc("GET /api/v0/selftest", s.selftest)
+	mux.HandleFunc("POST /api/v0/sim/door", s.simDoor)
+	mux.HandleFunc("POST /api/v0/sim/env", s.simEnv)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s
 }
@@ -199,4 +202,58 @@ func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+func (s *apiServer) selftest(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.a.selfTest())
+}
+
+// SimDoorRequest sets the emulated door switch.
+type SimDoorRequest struct {
+	Open bool `json:"open"`
+}
+
+func (s *apiServer) simDoor(w http.ResponseWriter, r *http.Request) {
+	var req SimDoorRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := s.a.simDoor(req.Open); err != nil {
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// SimEnvRequest sets the emulated cabinet sensor.
+type SimEnvRequest struct {
+	TempC    float64  `json:"temp_c"`
+	Humidity *float64 `json:"humidity,omitempty"`
+}
+
+func (s *apiServer) simEnv(w http.ResponseWriter, r *http.Request) {
+	var req SimEnvRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.TempC < -40 || req.TempC > 85 || req.Humidity != nil && (*req.Humidity < 0 || *req.Humidity > 100) {
+		writeError(w, http.StatusBadRequest, "out of the sensor's range: -40 to 85 °C, 0 to 100 % humidity")
+		return
+	}
+	if err := s.a.simEnv(req.TempC, req.Humidity); err != nil {
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad request body: %w", err)
+	}
+	return nil
 }

@@ -46,11 +46,21 @@ func (a *Agent) setupHardware() error {
 	if err != nil {
 		return err
 	}
-	if _, err := host.Init(); err != nil {
-		a.log.Warn("periph host init", "err", err)
-	}
+	a.hostInit()
 	a.reader = &hwReader{a: a, key: key}
 	return nil
+}
+
+var hostOnce sync.Once
+
+// hostInit loads periph's host drivers (GPIO, I2C, SPI) once. A failure is logged: each part then
+// fails to open with its own reason and is retried.
+func (a *Agent) hostInit() {
+	hostOnce.Do(func() {
+		if _, err := host.Init(); err != nil {
+			a.log.Warn("periph host init", "err", err)
+		}
+	})
 }
 
 // devCardKey is the card token key used in simulation when none is configured. Tokens made with
@@ -210,9 +220,3 @@ func pn532Health(hl pn532.Health) ComponentHealth {
 		Counters: map[string]uint64{"errors": hl.Errors, "timeouts": hl.Timeouts, "checksum": hl.Checksum, "resets": hl.Resets},
 	}
 }
-
-// components reports the health of the station's other parts.
-func (a *Agent) components() map[string]ComponentHealth { return nil }
-
-// environment reports the cabinet's sensor readings.
-func (a *Agent) environment() map[string]float64 { return nil }

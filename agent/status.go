@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"station.dev/agent/drivers/indicator"
+
 	"station.dev/agent/store"
 )
 
@@ -27,6 +29,15 @@ type Status struct {
 	Queue       QueueStatus                `json:"queue"`
 	Link        *LinkStatus                `json:"link,omitempty"`
 	Components  map[string]ComponentHealth `json:"components,omitempty"`
+	Door        *DoorStatus                `json:"door,omitempty"`
+	Environment map[string]float64         `json:"environment,omitempty"`
+	// Indicator is what the indicator shows now (local API only).
+	Indicator *indicator.State `json:"indicator,omitempty"`
+}
+
+// DoorStatus is the cabinet door.
+type DoorStatus struct {
+	Open bool `json:"open"`
 }
 
 // QueueStatus summarises the store.
@@ -119,7 +130,10 @@ func (a *Agent) status(state, reason string) Status {
 			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
 			Published: ls.Published, Acked: ls.Acked,
 		},
-		Components: a.components(),
+		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
+	}
+	if open := a.doorOpen(); open != nil {
+		s.Door = &DoorStatus{Open: *open}
 	}
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)
@@ -130,7 +144,7 @@ func (a *Agent) status(state, reason string) Status {
 // statusPayload is the retained online status (without the local-only link block).
 func (a *Agent) statusPayload(state, reason string) []byte {
 	s := a.status(state, reason)
-	s.Link = nil
+	s.Link, s.Indicator = nil, nil
 	b, _ := json.Marshal(s)
 	return b
 }
@@ -150,6 +164,9 @@ func (a *Agent) statusKey() string {
 	key := a.readerHealth().State
 	if q.Full {
 		key += "/full"
+	}
+	if open := a.doorOpen(); open != nil && *open {
+		key += "/door-open"
 	}
 	for name, c := range a.components() {
 		key += "/" + name + "=" + c.State
@@ -238,18 +255,23 @@ type Telemetry struct {
 	Reader      ComponentHealth            `json:"reader"`
 	Components  map[string]ComponentHealth `json:"components,omitempty"`
 	Environment map[string]float64         `json:"environment,omitempty"`
+	Door        *DoorStatus                `json:"door,omitempty"`
 }
 
 func (a *Agent) telemetry() Telemetry {
 	ls := a.link.Stats()
 	q := a.queueStatus()
 	q.Streams = nil
-	return Telemetry{
+	t := Telemetry{
 		TS: rfc3339(a.now()), ClockSynced: a.synced(), BootID: a.bootID,
 		UptimeMS: time.Since(a.start).Milliseconds(), Queue: q,
 		Connects: ls.Connects, Failures: ls.Failures, Reader: a.readerHealth(),
 		Components: a.components(), Environment: a.environment(),
 	}
+	if open := a.doorOpen(); open != nil {
+		t.Door = &DoorStatus{Open: *open}
+	}
+	return t
 }
 
 // telemetryLoop publishes a heartbeat every interval. Online it goes straight out at QoS 0 and

@@ -34,6 +34,10 @@ type Config struct {
 	Clock     Clock     `toml:"clock"`
 	Telemetry Telemetry `toml:"telemetry"`
 	Reader    Reader    `toml:"reader"`
+	Indicator Indicator `toml:"indicator"`
+	Door      Door      `toml:"door"`
+	Env       Env       `toml:"environment"`
+	Display   Display   `toml:"display"`
 
 	// Sim replaces all hardware with emulated hardware. Set by --sim, not by the file.
 	Sim bool `toml:"-"`
@@ -90,6 +94,47 @@ type Reader struct {
 	PollInterval Duration `toml:"poll_interval"` // pause between empty polls
 }
 
+// Indicator is the [indicator] table: status LEDs and buzzer. Absent when no pin is named.
+type Indicator struct {
+	Red         string `toml:"red"` // GPIO names, e.g. "GPIO17"; "" = not fitted
+	Green       string `toml:"green"`
+	Blue        string `toml:"blue"`
+	Buzzer      string `toml:"buzzer"`
+	ActiveLow   bool   `toml:"active_low"`   // outputs are on when the pin is low
+	BuzzerOnOff bool   `toml:"buzzer_onoff"` // an active buzzer: on/off, no PWM tone
+}
+
+// Configured reports whether any output is named.
+func (i Indicator) Configured() bool {
+	return i.Red != "" || i.Green != "" || i.Blue != "" || i.Buzzer != ""
+}
+
+// Door is the [door] table: the cabinet door (tamper) switch. Absent when pin is "".
+type Door struct {
+	Pin      string   `toml:"pin"`
+	OpenLow  bool     `toml:"open_low"` // the input reads low while the door is open
+	Debounce Duration `toml:"debounce"`
+}
+
+// Env is the [environment] table: the cabinet's BME280/BMP280 sensor and its alarms.
+type Env struct {
+	Enabled      bool     `toml:"enabled"`
+	Bus          string   `toml:"bus"`     // periph I2C bus name; "" = the first bus
+	Address      int      `toml:"address"` // 0x76 or 0x77
+	Interval     Duration `toml:"interval"`
+	TempHigh     *float64 `toml:"temp_high"`     // °C; alarm above
+	TempLow      *float64 `toml:"temp_low"`      // °C; alarm below
+	HumidityHigh *float64 `toml:"humidity_high"` // %; alarm above
+	Hysteresis   float64  `toml:"hysteresis"`    // how far back a value must come to clear an alarm
+}
+
+// Display is the [display] table: an optional SSD1306 panel.
+type Display struct {
+	Enabled bool   `toml:"enabled"`
+	Bus     string `toml:"bus"`
+	Address int    `toml:"address"` // 0x3C or 0x3D
+}
+
 // Defaults.
 const (
 	DefaultDataDir      = "/var/lib/station"
@@ -101,6 +146,12 @@ const (
 	DefaultTelemetry    = 60 * time.Second
 	DefaultPollInterval = 100 * time.Millisecond
 	DefaultI2CAddress   = 0x24
+	DefaultDebounce     = 50 * time.Millisecond
+	DefaultEnvInterval  = 30 * time.Second
+	DefaultTempHigh     = 55.0
+	DefaultTempLow      = -20.0
+	DefaultHumidityHigh = 90.0
+	DefaultHysteresis   = 2.0
 	// Embedded is the broker value that runs an MQTT broker inside the agent.
 	Embedded = "embedded"
 )
@@ -214,7 +265,58 @@ func (c *Config) Normalize() error {
 	if c.Telemetry.Interval < Duration(time.Second) {
 		return fmt.Errorf("config: telemetry.interval %s: must be at least 1s", c.Telemetry.Interval)
 	}
+	if err := c.Env.normalize(); err != nil {
+		return err
+	}
+	if c.Door.Debounce == 0 {
+		c.Door.Debounce = Duration(DefaultDebounce)
+	}
+	if c.Door.Debounce < 0 || c.Door.Debounce > Duration(5*time.Second) {
+		return fmt.Errorf("config: door.debounce %s: want 0 to 5s", c.Door.Debounce)
+	}
+	if c.Display.Address == 0 {
+		c.Display.Address = 0x3C
+	}
+	if c.Display.Address != 0x3C && c.Display.Address != 0x3D {
+		return fmt.Errorf("config: display.address %#x: want 0x3c or 0x3d", c.Display.Address)
+	}
 	return c.Reader.normalize(c.Sim)
+}
+
+func fptr(f float64) *float64 { return &f }
+
+func (e *Env) normalize() error {
+	if e.Address == 0 {
+		e.Address = 0x76
+	}
+	if e.Address != 0x76 && e.Address != 0x77 {
+		return fmt.Errorf("config: environment.address %#x: want 0x76 or 0x77", e.Address)
+	}
+	if e.Interval == 0 {
+		e.Interval = Duration(DefaultEnvInterval)
+	}
+	if e.Interval < Duration(time.Second) {
+		return fmt.Errorf("config: environment.interval %s: must be at least 1s", e.Interval)
+	}
+	if e.TempHigh == nil {
+		e.TempHigh = fptr(DefaultTempHigh)
+	}
+	if e.TempLow == nil {
+		e.TempLow = fptr(DefaultTempLow)
+	}
+	if e.HumidityHigh == nil {
+		e.HumidityHigh = fptr(DefaultHumidityHigh)
+	}
+	if e.Hysteresis == 0 {
+		e.Hysteresis = DefaultHysteresis
+	}
+	if e.Hysteresis < 0 {
+		return errors.New("config: environment.hysteresis: must not be negative")
+	}
+	if *e.TempLow >= *e.TempHigh {
+		return fmt.Errorf("config: environment.temp_low %g must be below temp_high %g", *e.TempLow, *e.TempHigh)
+	}
+	return nil
 }
 
 func (m *MQTT) normalize(sim bool) error {

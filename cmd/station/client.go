@@ -150,8 +150,26 @@ func cmdStatus(args []string, stdout, _ io.Writer) error {
 		fmt.Fprintf(tw, "broker\t%s %s\t%s\n", s.Link.Broker, state, detail)
 	}
 	fmt.Fprintf(tw, "reader\t%s\t%s\n", s.Reader.State, healthDetail(s.Reader))
-	for name, c := range s.Components {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", name, c.State, healthDetail(c))
+	for _, name := range []string{"indicator", "door", "environment", "display"} {
+		c, ok := s.Components[name]
+		if !ok {
+			continue
+		}
+		detail := healthDetail(c)
+		switch {
+		case name == "indicator" && s.Indicator != nil:
+			detail = joinNonEmpty(detail, fmt.Sprintf("showing %s (leds %s, buzzer %s)", s.Indicator.Pattern, s.Indicator.LEDs, onOff(s.Indicator.Buzzer)))
+		case name == "door" && s.Door != nil:
+			detail = joinNonEmpty(detail, map[bool]string{true: "OPEN", false: "closed"}[s.Door.Open])
+		case name == "environment" && len(s.Environment) > 0:
+			if t, ok := s.Environment["temp_c"]; ok {
+				detail = joinNonEmpty(detail, fmt.Sprintf("%.1f°C", t))
+			}
+			if h, ok := s.Environment["humidity"]; ok {
+				detail = joinNonEmpty(detail, fmt.Sprintf("%.0f%% RH", h))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", name, c.State, detail)
 	}
 	q := s.Queue
 	full := ""
@@ -180,6 +198,20 @@ func healthDetail(h agent.ComponentHealth) string {
 		parts = append(parts, "last error: "+h.LastError)
 	}
 	return strings.Join(parts, ", ")
+}
+
+func joinNonEmpty(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + ", " + b
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 func bytesText(n int64) string {

@@ -496,3 +496,63 @@ func TestCLIErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestSimPeripheralsEndToEnd(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 100)
+	p := startAgent(t, s)
+
+	out, stderr, code := p.station("selftest", "--json")
+	var st struct {
+		OK     bool
+		Checks []struct {
+			Name string
+			OK   bool
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.OK || len(st.Checks) < 6 {
+		t.Fatalf("selftest in --sim: exit %d %q %q", code, out, stderr)
+	}
+
+	if _, stderr, code := p.station("sim", "door", "open"); code != 0 {
+		t.Fatalf("sim door open: %d %s", code, stderr)
+	}
+	waitType(t, sub, "door.open")
+	if _, stderr, code := p.station("sim", "env", "--temp", "70"); code != 0 {
+		t.Fatalf("sim env: %d %s", code, stderr)
+	}
+	r := waitType(t, sub, "env.alarm")
+	if r["data"].(map[string]any)["quantity"] != "temp_high" {
+		t.Fatalf("env.alarm: %v", r)
+	}
+	if _, stderr, code := p.station("sim", "env", "--temp", "20"); code != 0 {
+		t.Fatalf("sim env: %d %s", code, stderr)
+	}
+	waitType(t, sub, "env.ok")
+	out, _, _ = p.station("status")
+	if !strings.Contains(out, "OPEN") || !strings.Contains(out, "showing") {
+		t.Fatalf("status does not show the door and the indicator: %s", out)
+	}
+	if _, stderr, code := p.station("sim", "door", "ajar"); code != 2 || !strings.Contains(stderr, "want") {
+		t.Fatalf("bad sim usage: %d %q", code, stderr)
+	}
+}
+
+// waitType waits for a record of the given type on the events topic.
+func waitType(t *testing.T, sub *brokertest.Subscriber, typ string) map[string]any {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-sub.C:
+			var r map[string]any
+			_ = json.Unmarshal(m.Payload, &r)
+			if r["type"] == typ {
+				return r
+			}
+		case <-deadline:
+			t.Fatalf("no %s record within 30s", typ)
+		}
+	}
+}

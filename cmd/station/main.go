@@ -42,6 +42,8 @@ func init() {
 		{"queue", "show the records waiting for the broker", cmdQueue},
 		{"events", "show recent records (-f follows)", cmdEvents},
 		{"tap", "present virtual cards to the emulated reader (--sim agents)", cmdTap},
+		{"selftest", "check every component of the running agent", cmdSelftest},
+		{"sim", "door open|close, env --temp C: drive the emulated parts (--sim agents)", cmdSim},
 		{"config", "show|check a configuration file", cmdConfig},
 		{"version", "print the version", cmdVersion},
 	}

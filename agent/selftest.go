@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+)
+
+// Check is one line of the self-test.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// SelfTest is the self-test result: OK is false if any configured component failed.
+type SelfTest struct {
+	OK     bool    `json:"ok"`
+	Checks []Check `json:"checks"`
+}
+
+// selfTest checks each component: the store's consistency, the broker connection, the reader,
+// and each peripheral (the indicator blinks its locate pattern, the sensor is read now).
+func (a *Agent) selfTest() SelfTest {
+	var checks []Check
+	add := func(name string, ok bool, detail string) { checks = append(checks, Check{name, ok, detail}) }
+
+	if err := a.store.Check(); err != nil {
+		add("store", false, err.Error())
+	} else {
+		q := a.queueStatus()
+		add("store", !q.Full, fmt.Sprintf("%d waiting, %s of %s used", q.Depth, sizeText(q.Bytes), sizeText(q.MaxBytes)))
+	}
+
+	if ls := a.link.Stats(); ls.Connected {
+		add("broker", true, "connected to "+a.cfg.MQTT.Broker)
+	} else {
+		add("broker", false, "not connected to "+a.cfg.MQTT.Broker+": "+ls.LastError)
+	}
+
+	rh := a.readerHealth()
+	switch rh.State {
+	case "absent":
+		add("reader", true, "not configured")
+	case "ok", "degraded":
+		add("reader", true, joinDetail(rh.Firmware, rh.State, rh.LastError))
+	default:
+		add("reader", false, joinDetail(rh.State, rh.Detail, rh.LastError))
+	}
+
+	comps := a.components()
+	for _, name := range []string{"indicator", "door", "environment", "display"} {
+		c, configured := comps[name]
+		if !configured {
+			add(name, true, "not configured")
+			continue
+		}
+		if c.State == "down" {
+			add(name, false, "down: "+c.Detail)
+			continue
+		}
+		ok, detail := a.exercise(name, c)
+		add(name, ok, detail)
+	}
+
+	st := SelfTest{OK: true, Checks: checks}
+	for _, c := range checks {
+		st.OK = st.OK && c.OK
+	}
+	return st
+}
+
+// exercise makes a working peripheral show that it works and says what it saw.
+func (a *Agent) exercise(name string, c ComponentHealth) (bool, string) {
+	p := a.periph
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch name {
+	case "indicator":
+		if p.ind != nil {
+			if err := p.ind.Locate(2 * time.Second); err != nil {
+				return false, err.Error()
+			}
+			return true, joinDetail(c.State, "blinking locate for 2s")
+		}
+	case "door":
+		if p.door != nil {
+			if p.door.State().Open {
+				return true, joinDetail(c.State, "door open")
+			}
+			return true, joinDetail(c.State, "door closed")
+		}
+	case "environment":
+		if p.env != nil {
+			rd, err := p.env.Read()
+			if err != nil {
+				return false, "read failed: " + err.Error()
+			}
+			d := fmt.Sprintf("%.1f°C", rd.TempC)
+			if rd.HasHumidity() {
+				d += fmt.Sprintf(", %.0f%% RH", rd.Humidity)
+			}
+			return true, joinDetail(c.State, d)
+		}
+	}
+	return true, joinDetail(c.State, c.Detail)
+}
+
+func joinDetail(parts ...string) string {
+	out := ""
+	for _, p := range parts {
+		if p == "" {
+			continue
+		}
+		if out != "" {
+			out += ", "
+		}
+		out += p
+	}
+	return out
+}
+
+func sizeText(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
