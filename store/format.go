@@ -43,9 +43,23 @@ var (
 	errShortRecord   = errors.New("record shorter than its header")
 )
 
-func recordBucketName(st Stream) []byte { return []byte("rec/" + string(st)) }
+// Names of each stream's record bucket and counters key, indexed like
+// streams.
+var (
+	recordBucketNames [len(streams)][]byte
+	counterKeys       [len(streams)][]byte
+)
 
-func counterKey(st Stream) []byte { return []byte("stream/" + string(st)) }
+func init() {
+	for i, st := range streams {
+		recordBucketNames[i] = []byte("rec/" + string(st))
+		counterKeys[i] = []byte("stream/" + string(st))
+	}
+}
+
+func recordBucketName(st Stream) []byte { return recordBucketNames[streamIndex(st)] }
+
+func counterKey(st Stream) []byte { return counterKeys[streamIndex(st)] }
 
 // recordBucket returns the bucket of st's records.
 func recordBucket(tx *bbolt.Tx, st Stream) (*bbolt.Bucket, error) {
@@ -101,8 +115,12 @@ type streamCounters struct {
 	bytes int64  // their accounted bytes
 }
 
-// counters holds the counters of every stream, indexed like streams.
-type counters [len(streams)]streamCounters
+// counters holds the counters of every stream, indexed like streams, and
+// which of them changed since they were loaded.
+type counters struct {
+	c     [len(streams)]streamCounters
+	dirty [len(streams)]bool
+}
 
 func streamIndex(st Stream) int {
 	for i, s := range streams {
@@ -113,13 +131,17 @@ func streamIndex(st Stream) int {
 	panic("store: unknown stream " + string(st))
 }
 
-func (cs *counters) get(st Stream) streamCounters    { return cs[streamIndex(st)] }
-func (cs *counters) set(st Stream, c streamCounters) { cs[streamIndex(st)] = c }
+func (cs *counters) get(st Stream) streamCounters { return cs.c[streamIndex(st)] }
+
+func (cs *counters) set(st Stream, c streamCounters) {
+	i := streamIndex(st)
+	cs.c[i], cs.dirty[i] = c, true
+}
 
 // total returns the accounted bytes of all streams.
 func (cs *counters) total() int64 {
 	var n int64
-	for _, c := range cs {
+	for _, c := range cs.c {
 		n += c.bytes
 	}
 	return n
@@ -139,7 +161,7 @@ func loadCounters(tx *bbolt.Tx) (counters, error) {
 		if len(v) != counterLen {
 			return cs, fmt.Errorf("counters of %s: %d bytes, want %d", st, len(v), counterLen)
 		}
-		cs[i] = streamCounters{
+		cs.c[i] = streamCounters{
 			last:  binary.BigEndian.Uint64(v[0:]),
 			depth: int64(binary.BigEndian.Uint64(v[8:])),
 			bytes: int64(binary.BigEndian.Uint64(v[16:])),
@@ -154,7 +176,10 @@ func (cs *counters) save(tx *bbolt.Tx) error {
 		return fmt.Errorf("meta: %w", errMissingBucket)
 	}
 	for i, st := range streams {
-		c := cs[i]
+		if !cs.dirty[i] {
+			continue
+		}
+		c := cs.c[i]
 		v := make([]byte, counterLen) // bbolt keeps the slice until commit
 		binary.BigEndian.PutUint64(v[0:], c.last)
 		binary.BigEndian.PutUint64(v[8:], uint64(c.depth))

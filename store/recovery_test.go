@@ -179,6 +179,9 @@ func TestBrokenNamesDoNotCollide(t *testing.T) {
 	if got := brokenFiles(t, path); len(got) != 3 {
 		t.Fatalf("%d broken files kept, want 3", len(got))
 	}
+	if err := verifyFile(path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestForeignDatabaseMovedAside(t *testing.T) {

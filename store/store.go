@@ -351,7 +351,7 @@ func (s *Store) Stats() (Stats, error) {
 			return err
 		}
 		for i, name := range streams {
-			c := cs[i]
+			c := cs.c[i]
 			ss := StreamStats{Depth: int(c.depth), Bytes: c.bytes, LastSeq: c.last}
 			b, err := recordBucket(tx, name)
 			if err != nil {

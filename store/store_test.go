@@ -637,6 +637,9 @@ func TestClosed(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
+	if err := verifyFile(s.Path()); err != nil {
+		t.Fatal(err)
+	}
 	build := func(uint64) ([]byte, error) { return []byte("x"), nil }
 	checks := map[string]error{
 		"Append":            func() error { _, err := s.Append(Events, Normal, build); return err }(),

@@ -44,14 +44,16 @@ type Opts struct {
 
 // Display shows lines of text. Its methods are safe for concurrent use.
 type Display struct {
-	dev  *ssd1306.Dev
+	conn i2c.Bus       // the bus the driver talks through
+	so   ssd1306.Opts  // to set the controller up again
 	bus  i2c.BusCloser // closed by Close when Open opened it
 	addr uint16
 	rect image.Rectangle
 
 	mu     sync.Mutex
+	dev    *ssd1306.Dev
 	lines  []string
-	err    error
+	err    error // of the last update; the next one sets the controller up again
 	closed bool
 }
 
@@ -83,7 +85,7 @@ func NewI2C(b i2c.Bus, opts *Opts) (*Display, error) {
 	if err != nil {
 		return nil, fmt.Errorf("display: no panel at %s 0x%02x: %w", b, o.Addr, err)
 	}
-	d := &Display{dev: dev, addr: o.Addr, rect: dev.Bounds()}
+	d := &Display{conn: bus, so: so, dev: dev, addr: o.Addr, rect: dev.Bounds()}
 	if err := d.Show(); err != nil {
 		return nil, err
 	}
@@ -135,7 +137,18 @@ func (d *Display) Show(lines ...string) error {
 	if d.closed {
 		return errors.New("display: closed")
 	}
-	err := d.dev.Draw(d.rect, img, image.Point{})
+	var err error
+	if d.err != nil {
+		// The last update failed: the panel may hold part of it or may have
+		// lost power. Set it up again, which also sends the whole picture.
+		var dev *ssd1306.Dev
+		if dev, err = ssd1306.NewI2C(d.conn, &d.so); err == nil {
+			d.dev = dev
+		}
+	}
+	if err == nil {
+		err = d.dev.Draw(d.rect, img, image.Point{})
+	}
 	if err != nil {
 		err = fmt.Errorf("display: draw: %w", err)
 	} else {
@@ -153,7 +166,7 @@ func (d *Display) Lines() []string {
 }
 
 // Health reports "ok", "degraded" when the last update failed (the panel
-// shows older text), or "down" once closed.
+// shows older text; the next Show sets it up again), or "down" once closed.
 func (d *Display) Health() (status, reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

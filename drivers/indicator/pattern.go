@@ -9,7 +9,7 @@ import (
 	"periph.io/x/conn/v3/physic"
 )
 
-// Pattern names something the station shows to the people in front of it.
+// Pattern names something the station shows with its LEDs and buzzer.
 type Pattern string
 
 // The patterns every Indicator knows. Config.Patterns may redefine them or add
@@ -29,7 +29,7 @@ const (
 	// Error answers a failed read (card removed too early, unsupported card)
 	// or signals a station fault.
 	Error Pattern = "error"
-	// Locate blinks so an engineer can find the unit among others. It lasts
+	// Locate blinks so that the unit can be found among others. It lasts
 	// until cleared or until the duration given to Locate passes.
 	Locate Pattern = "locate"
 )
