@@ -21,7 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 umask 022
-export LC_ALL=C TZ=UTC
+# GIT_OPTIONAL_LOCKS=0: Go's VCS stamping (git status) reads the repository without refreshing,
+# and so locking, its index while others may be using it.
+export LC_ALL=C TZ=UTC GIT_OPTIONAL_LOCKS=0
 
 DIST=${DIST:-dist}
 MAINTAINER=${MAINTAINER:-station agent maintainers <station@station.dev>}

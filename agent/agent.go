@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/mqtt"
@@ -78,6 +79,18 @@ type Options struct {
 	ClockSynced func() bool
 	// OnReady is called once the store is open and the local API listens.
 	OnReady func()
+	// Flags re-applies the command-line flags, which win over the fleet's remote configuration
+	// (config.set) as they win over the file.
+	Flags func(*config.Config)
+	// LogLevel, when set, lets the fleet change the log level at run time (log.level, config.set).
+	LogLevel *slog.LevelVar
+	// Logs, when set, serves the logs.tail command.
+	Logs LogTail
+}
+
+// LogTail returns the last lines logged.
+type LogTail interface {
+	Tail(n int) []string
 }
 
 // Agent is the running station agent.
@@ -105,6 +118,19 @@ type Agent struct {
 
 	onReady func()
 	topics  topics
+
+	base  *config.Config // as started: file and flags, before the fleet's overrides
+	flags func(*config.Config)
+	level *slog.LevelVar
+	logs  LogTail
+
+	cmdKeys  *command.Keys
+	cmdWake  chan struct{}
+	cmdStats commandStats
+
+	stopMu  sync.Mutex
+	stopFn  func()
+	stopErr error
 }
 
 type topics struct{ status, events, telemetry, resp, cmd, fleetCmd string }
@@ -136,7 +162,11 @@ func New(opts Options) (*Agent, error) {
 		ind:     opts.Indicator,
 		recent:  newRecentRecords(256),
 		onReady: opts.OnReady,
-		topics:  topicsFor(cfg.MQTT.TopicPrefix, cfg.StationID),
+		base:    cfg,
+		flags:   opts.Flags,
+		level:   opts.LogLevel,
+		logs:    opts.Logs,
+		cmdWake: make(chan struct{}, 1),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -170,6 +200,24 @@ func New(opts Options) (*Agent, error) {
 	}
 	if rec := a.store.Recovered(); rec != nil {
 		a.log.Error("store was broken: moved aside, started a new one", "moved_to", rec.MovedTo, "reason", rec.Reason)
+	}
+	if ov, err := a.loadOverrides(); err != nil {
+		a.log.Error("ignoring the fleet's configuration overrides", "err", err)
+	} else if len(ov) > 0 {
+		c, err := a.applyOverrides(ov)
+		if err != nil {
+			a.log.Error("ignoring the fleet's configuration overrides", "err", err)
+		} else {
+			a.cfg, cfg = c, c
+			a.log.Info("fleet configuration overrides in force", "keys", flatKeys("", ov))
+			if a.level != nil {
+				_ = a.level.UnmarshalText([]byte(c.LogLevel))
+			}
+		}
+	}
+	a.topics = topicsFor(cfg.MQTT.TopicPrefix, cfg.StationID)
+	if a.cmdKeys, err = command.ParseKeys(cfg.Commands.PublicKeys); err != nil {
+		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
 	}
 
 	if err := a.setupHardware(); err != nil {
@@ -218,7 +266,9 @@ func New(opts Options) (*Agent, error) {
 			{Name: string(store.Responses), Topic: a.topics.resp, QoS: 1},
 			{Name: string(store.Telemetry), Topic: a.topics.telemetry, QoS: 1},
 		},
-		Logger: a.log.With("component", "mqtt"),
+		Subscriptions: []string{a.topics.cmd, a.topics.fleetCmd},
+		OnMessage:     a.onMessage,
+		Logger:        a.log.With("component", "mqtt"),
 	}, outbox{a.store})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -250,6 +300,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.stopMu.Lock()
+	a.stopFn = cancel
+	a.stopMu.Unlock()
 	var wg sync.WaitGroup
 	loops := []struct {
 		name string
@@ -260,6 +313,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		{"telemetry", a.telemetryLoop},
 		{"status", a.statusLoop},
 		{"peripherals", a.peripheralsLoop},
+		{"commands", a.commandLoop},
 		{"api", a.api.serve},
 	}
 	errc := make(chan error, len(loops))
@@ -284,7 +338,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	default:
-		return nil
+	}
+	a.stopMu.Lock()
+	defer a.stopMu.Unlock()
+	return a.stopErr
+}
+
+// stop ends Run, which then returns err.
+func (a *Agent) stop(err error) {
+	a.stopMu.Lock()
+	defer a.stopMu.Unlock()
+	a.stopErr = err
+	if a.stopFn != nil {
+		a.stopFn()
 	}
 }
 

@@ -15,9 +15,10 @@ const maxGroup = 64
 
 // appendReq is one Append waiting for, or taking part in, a group commit.
 type appendReq struct {
-	st    Stream
-	class Class
-	build func(seq uint64) ([]byte, error)
+	st      Stream
+	class   Class
+	build   func(seq uint64) ([]byte, error)
+	respond *respondReq // set by Respond
 
 	// Results, set by the goroutine that commits the group.
 	rec      Record
@@ -179,7 +180,7 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 				r.err = fmt.Errorf("%w: the file reached its size limit: %w", ErrFull, err)
 				r.refused = true
 			} else {
-				r.err = fmt.Errorf("store: append %s: %w", r.st, err)
+				r.err = fmt.Errorf("store: %s: %w", r.op(), err)
 			}
 		}
 	}
@@ -191,10 +192,27 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 	done = true
 }
 
+// op names r's operation in errors.
+func (r *appendReq) op() string {
+	if r.respond != nil {
+		return "respond"
+	}
+	return "append " + string(r.st)
+}
+
 // appendOne adds r to the transaction, or sets r.err and leaves the
 // transaction as it was. It returns an error only when bbolt fails, which
 // aborts the whole group.
 func (s *Store) appendOne(tx *bbolt.Tx, cs *counters, r *appendReq) error {
+	// The bytes a Respond frees by deleting its inbox record.
+	var credit int64
+	if r.respond != nil {
+		var err error
+		if credit, err = inboxCredit(tx, r.respond.inboxSeq); err != nil {
+			r.err = fmt.Errorf("store: respond: %w", err)
+			return nil
+		}
+	}
 	c := cs.get(r.st)
 	seq := c.last + 1
 	payload, err := s.callBuild(r, seq)
@@ -202,7 +220,7 @@ func (s *Store) appendOne(tx *bbolt.Tx, cs *counters, r *appendReq) error {
 		return nil
 	}
 	if err != nil {
-		r.err = fmt.Errorf("store: append %s: build record %d: %w", r.st, seq, err)
+		r.err = fmt.Errorf("store: %s: build record %d: %w", r.op(), seq, err)
 		return nil
 	}
 	if len(payload) > MaxPayload {
@@ -214,7 +232,7 @@ func (s *Store) appendOne(tx *bbolt.Tx, cs *counters, r *appendReq) error {
 	// touching anything so that a refused record leaves the transaction as
 	// it was.
 	size := accounted(len(payload))
-	total := cs.total()
+	total := cs.total() - credit
 	limit := s.cfg.maxBytes
 	if r.class == Critical {
 		limit += s.cfg.reserve
@@ -256,6 +274,11 @@ func (s *Store) appendOne(tx *bbolt.Tx, cs *counters, r *appendReq) error {
 	c.depth++
 	c.bytes += size
 	cs.set(r.st, c)
+	if r.respond != nil {
+		if err := s.respondTx(tx, cs, r.respond, payload); err != nil {
+			return err
+		}
+	}
 	r.rec = Record{
 		Stream:  r.st,
 		Seq:     seq,

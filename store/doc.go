@@ -17,11 +17,30 @@
 // [Critical] records may use a reserve above the cap (MaxBytes/16, at least
 // 64 KiB) so that alarms, boot records and command responses still go through
 // on a full store. Nothing but telemetry is ever deleted without an explicit
-// [Store.Delete].
+// [Store.Delete], or [Store.Respond] for the inbox record it answers.
 //
 // The file itself is limited with bbolt's MaxSize, set from MaxBytes with
 // headroom for the B+tree (see [Options.MaxBytes]); on 32-bit platforms the
 // file, and so the memory map, stays at or below 512 MiB.
+//
+// # Commands
+//
+// Fleet commands are appended to the [Inbox] stream (class Critical) before
+// they are acknowledged to the broker, so a command is never lost between
+// acknowledgement and execution; inbox records count against MaxBytes like
+// any other record. Once a command is executed, [Store.Respond] appends its
+// response to the [Responses] stream, records the command in the command
+// ledger and deletes it from the inbox, all in one transaction, so a
+// command has exactly one response whatever the moment of a power cut.
+// [Store.Ledger] finds an executed command by id, so a redelivered command
+// is answered with its stored response instead of running again.
+//
+// The ledger is bounded by its count of entries, their age and their bytes
+// (see [Options.LedgerMaxEntries]); Respond prunes the oldest entries as
+// it records a new one, reading only what it deletes. Ledger bytes are not
+// accounted against MaxBytes: a full ledger never refuses a record, and a
+// full store never evicts ledger entries. The file limit leaves room for
+// them.
 //
 // # Robustness
 //

@@ -14,19 +14,36 @@ import (
 //
 //	meta      "format"          -> 1 byte, formatVersion
 //	          "stream/<name>"   -> 24 bytes: last seq, depth, accounted bytes (big-endian)
+//	          "ledger"          -> 24 bytes: last ledger seq, entries, ledger bytes (big-endian)
 //	settings  <key>             -> <value>
 //	rec/<name> seq (8 bytes BE) -> added (8 bytes BE, Unix ns) + payload
+//	ledger    seq (8 bytes BE)  -> at (8 bytes BE, Unix ns) + id length (1 byte) + id +
+//	                               digest length (1 byte) + digest + response
+//	ledger-id <command id>      -> ledger seq (8 bytes BE)
 //
 // Record keys are big-endian so that cursor order is seq order. The stream
 // counters live beside the records and change in the same transaction, so
 // they always agree with them, and the last seq survives the deletion of
 // every record.
+//
+// The command ledger is keyed by its own sequence, in the order entries are
+// recorded, so that the oldest entries are the first keys and pruning reads
+// only what it deletes; ledger-id finds an entry by command id.
+//
+// Files of format 1 written before the inbox stream and the ledger existed
+// lack rec/inbox, ledger, ledger-id and their counters. Open adds the
+// buckets, and missing counters read as zero, so such files keep format 1
+// rather than being taken for an unknown format. An agent that predates
+// them opens newer files too, and ignores those buckets.
 const formatVersion = 1
 
 var (
 	bucketMeta     = []byte("meta")
 	bucketSettings = []byte("settings")
+	bucketLedger   = []byte("ledger")
+	bucketLedgerID = []byte("ledger-id")
 	keyFormat      = []byte("format")
+	keyLedger      = []byte("ledger")
 )
 
 // headerLen is the length of the record header (the added time).
@@ -116,10 +133,13 @@ type streamCounters struct {
 }
 
 // counters holds the counters of every stream, indexed like streams, and
+// of the command ledger (depth is its entries, bytes its ledger bytes), and
 // which of them changed since they were loaded.
 type counters struct {
-	c     [len(streams)]streamCounters
-	dirty [len(streams)]bool
+	c           [len(streams)]streamCounters
+	dirty       [len(streams)]bool
+	ledger      streamCounters
+	ledgerDirty bool
 }
 
 func streamIndex(st Stream) int {
@@ -154,20 +174,42 @@ func loadCounters(tx *bbolt.Tx) (counters, error) {
 		return cs, fmt.Errorf("meta: %w", errMissingBucket)
 	}
 	for i, st := range streams {
-		v := m.Get(counterKey(st))
-		if v == nil {
-			continue // no record yet
+		c, err := decodeCounters(m.Get(counterKey(st)))
+		if err != nil {
+			return cs, fmt.Errorf("counters of %s: %w", st, err)
 		}
-		if len(v) != counterLen {
-			return cs, fmt.Errorf("counters of %s: %d bytes, want %d", st, len(v), counterLen)
-		}
-		cs.c[i] = streamCounters{
-			last:  binary.BigEndian.Uint64(v[0:]),
-			depth: int64(binary.BigEndian.Uint64(v[8:])),
-			bytes: int64(binary.BigEndian.Uint64(v[16:])),
-		}
+		cs.c[i] = c
 	}
+	c, err := decodeCounters(m.Get(keyLedger))
+	if err != nil {
+		return cs, fmt.Errorf("ledger counters: %w", err)
+	}
+	cs.ledger = c
 	return cs, nil
+}
+
+// decodeCounters decodes a counters value; a missing one (nil: nothing
+// stored yet, or a file older than the stream) is all zero.
+func decodeCounters(v []byte) (streamCounters, error) {
+	if v == nil {
+		return streamCounters{}, nil
+	}
+	if len(v) != counterLen {
+		return streamCounters{}, fmt.Errorf("%d bytes, want %d", len(v), counterLen)
+	}
+	return streamCounters{
+		last:  binary.BigEndian.Uint64(v[0:]),
+		depth: int64(binary.BigEndian.Uint64(v[8:])),
+		bytes: int64(binary.BigEndian.Uint64(v[16:])),
+	}, nil
+}
+
+func encodeCountersValue(c streamCounters) []byte {
+	v := make([]byte, counterLen) // bbolt keeps the slice until commit
+	binary.BigEndian.PutUint64(v[0:], c.last)
+	binary.BigEndian.PutUint64(v[8:], uint64(c.depth))
+	binary.BigEndian.PutUint64(v[16:], uint64(c.bytes))
+	return v
 }
 
 func (cs *counters) save(tx *bbolt.Tx) error {
@@ -179,12 +221,12 @@ func (cs *counters) save(tx *bbolt.Tx) error {
 		if !cs.dirty[i] {
 			continue
 		}
-		c := cs.c[i]
-		v := make([]byte, counterLen) // bbolt keeps the slice until commit
-		binary.BigEndian.PutUint64(v[0:], c.last)
-		binary.BigEndian.PutUint64(v[8:], uint64(c.depth))
-		binary.BigEndian.PutUint64(v[16:], uint64(c.bytes))
-		if err := m.Put(counterKey(st), v); err != nil {
+		if err := m.Put(counterKey(st), encodeCountersValue(cs.c[i])); err != nil {
+			return err
+		}
+	}
+	if cs.ledgerDirty {
+		if err := m.Put(keyLedger, encodeCountersValue(cs.ledger)); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -77,8 +78,43 @@ func verifyFile(path string) error {
 				return fmt.Errorf("stream %s: counters %+v, records say %+v", st, cs.get(st), got)
 			}
 		}
+		return verifyLedger(tx, cs.ledger)
+	})
+}
+
+// verifyLedger compares the ledger counters with its entries, and the index
+// by id with the entries: one index entry per entry, pointing at it.
+func verifyLedger(tx *bbolt.Tx, lc streamCounters) error {
+	lb, ib, err := ledgerBuckets(tx)
+	if err != nil {
+		return err
+	}
+	got := streamCounters{last: lc.last}
+	err = lb.ForEach(func(k, v []byte) error {
+		_, id, ok := ledgerHead(k, v)
+		if !ok {
+			return fmt.Errorf("ledger entry %x: malformed", k)
+		}
+		if seq := binary.BigEndian.Uint64(k); seq > lc.last {
+			return fmt.Errorf("ledger entry %d beyond the last seq %d", seq, lc.last)
+		}
+		if !bytes.Equal(ib.Get(id), k) {
+			return fmt.Errorf("ledger entry %x: the index by id points at %x", k, ib.Get(id))
+		}
+		got.depth++
+		got.bytes += ledgerBytes(v)
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if got != lc {
+		return fmt.Errorf("ledger: counters %+v, entries say %+v", lc, got)
+	}
+	if n := ib.Stats().KeyN; int64(n) != got.depth {
+		return fmt.Errorf("ledger: %d index entries for %d entries", n, got.depth)
+	}
+	return nil
 }
 
 // classOf is the natural class of a stream's records.
@@ -86,7 +122,7 @@ func classOf(st Stream) Class {
 	switch st {
 	case Telemetry:
 		return Evictable
-	case Responses:
+	case Responses, Inbox:
 		return Critical
 	}
 	return Normal

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,9 +32,10 @@ const (
 )
 
 // Compaction thresholds: a file is wasteful when it is larger than
-// compactRatio times the accounted bytes plus compactMinFile, and the
-// backlog is at most compactMaxLive bytes (so compacting is quick and needs
-// little free disk space). A freshly compacted file is always below the
+// compactRatio times the live bytes (accounted bytes and ledger bytes) plus
+// compactMinFile, and the backlog is at most compactMaxLive accounted bytes
+// (so compacting is quick and needs little free disk space; the ledger adds
+// at most one reserve). A freshly compacted file is always below the
 // threshold, so compaction never repeats itself.
 const (
 	compactMinFile = 8 << 20
@@ -55,14 +57,20 @@ type config struct {
 	now      func() time.Time
 	checkMax int64
 	log      *slog.Logger
+
+	ledgerMaxEntries int64
+	ledgerMaxAge     time.Duration
+	ledgerMaxBytes   int64 // the reserve: see Options.LedgerMaxEntries
 }
 
 // reserveFor returns the Critical reserve for a cap.
 func reserveFor(maxBytes int64) int64 { return max(maxBytes/16, MinReserve) }
 
-// fileLimitFor returns the file size limit for a cap.
+// fileLimitFor returns the file size limit for a cap: room for the records
+// (the cap and the Critical reserve) and for the command ledger (bounded by
+// another reserve).
 func fileLimitFor(maxBytes int64) int64 {
-	return pagesFor(maxBytes+reserveFor(maxBytes)) + fileSlack
+	return pagesFor(maxBytes+2*reserveFor(maxBytes)) + fileSlack
 }
 
 // pagesFor returns the most bytes of pages that records accounting n bytes
@@ -75,8 +83,8 @@ func pagesFor(n int64) int64 {
 // platforms, the largest whose file limit fits in maxFile32.
 func capFor(maxBytes int64, bits32 bool) int64 {
 	if bits32 && fileLimitFor(maxBytes) > maxFile32 {
-		// pagesFor(m + m/16) + fileSlack <= maxFile32
-		return (maxFile32 - fileSlack) * fileFactorDen / fileFactorNum * 16 / 17
+		// pagesFor(m + 2·m/16) + fileSlack <= maxFile32
+		return (maxFile32 - fileSlack) * fileFactorDen / fileFactorNum * 16 / 18
 	}
 	return maxBytes
 }
@@ -119,6 +127,23 @@ func resolve(o *Options) (config, error) {
 	if c.checkMax == 0 {
 		c.checkMax = DefaultCheckMaxBytes
 	}
+	switch n := o.LedgerMaxEntries; {
+	case n < 0:
+		return c, fmt.Errorf("store: negative LedgerMaxEntries %d", n)
+	case n == 0:
+		c.ledgerMaxEntries = DefaultLedgerMaxEntries
+	default:
+		c.ledgerMaxEntries = int64(n)
+	}
+	switch d := o.LedgerMaxAge; {
+	case d < 0:
+		return c, fmt.Errorf("store: negative LedgerMaxAge %v", d)
+	case d == 0:
+		c.ledgerMaxAge = DefaultLedgerMaxAge
+	default:
+		c.ledgerMaxAge = d
+	}
+	c.ledgerMaxBytes = c.reserve
 	return c, nil
 }
 
@@ -357,7 +382,11 @@ func prepare(tx *bbolt.Tx, cfg *config) error {
 				return err
 			}
 		}
-		return nil
+		if _, err := tx.CreateBucket(bucketLedger); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucket(bucketLedgerID)
+		return err
 	}
 	if f := meta.Get(keyFormat); len(f) != 1 || f[0] != formatVersion {
 		return fmt.Errorf("unknown store format %x (this agent writes %d)", f, formatVersion)
@@ -400,8 +429,100 @@ func prepare(tx *bbolt.Tx, cfg *config) error {
 		cs.set(st, c)
 		repaired = true
 	}
-	if repaired {
+	ok, err := prepareLedger(tx, &cs, cfg)
+	if err != nil {
+		return err
+	}
+	if repaired || !ok {
 		return cs.save(tx)
+	}
+	return nil
+}
+
+// prepareLedger creates the ledger buckets if missing (a file older than
+// the ledger) and checks the first and last entries against the ledger
+// counters. If they disagree, or an entry there is malformed, it rebuilds
+// the counters and the index by id from a scan of the entries, dropping
+// malformed ones, and reports ok false. Ledger damage never makes the file
+// unusable: at worst a command is forgotten.
+func prepareLedger(tx *bbolt.Tx, cs *counters, cfg *config) (ok bool, err error) {
+	lb, err := tx.CreateBucketIfNotExists(bucketLedger)
+	if err != nil {
+		return false, err
+	}
+	ib, err := tx.CreateBucketIfNotExists(bucketLedgerID)
+	if err != nil {
+		return false, err
+	}
+	lc := cs.ledger
+	cur := lb.Cursor()
+	fk, fv := cur.First()
+	lk, lv := cur.Last()
+	ik, _ := ib.Cursor().First()
+	ok = lc.depth >= 0 && lc.bytes >= 0 && (fk == nil) == (lc.depth == 0) && (fk == nil) == (ik == nil)
+	for _, kv := range [][2][]byte{{fk, fv}, {lk, lv}} {
+		if kv[0] != nil {
+			if _, _, good := ledgerHead(kv[0], kv[1]); !good {
+				ok = false
+			}
+		}
+	}
+	if ok && lk != nil && binary.BigEndian.Uint64(lk) > lc.last {
+		ok = false
+	}
+	if ok {
+		return true, nil
+	}
+	if err := rebuildLedger(tx, &lc); err != nil {
+		return false, err
+	}
+	cfg.warn("store: command ledger disagreed with its counters; rebuilt",
+		"entries", lc.depth, "last_seq", lc.last)
+	cs.ledger, cs.ledgerDirty = lc, true
+	return false, nil
+}
+
+// rebuildLedger sets lc from a scan of the ledger, keeping lc.last unless an
+// entry has a higher seq, deletes malformed entries and rebuilds the index
+// by id.
+func rebuildLedger(tx *bbolt.Tx, lc *streamCounters) error {
+	lb := tx.Bucket(bucketLedger)
+	type entry struct{ key, id []byte }
+	var good []entry
+	var bad [][]byte
+	lc.depth, lc.bytes = 0, 0
+	err := lb.ForEach(func(k, v []byte) error {
+		if _, id, ok := ledgerHead(k, v); ok {
+			good = append(good, entry{bytes.Clone(k), bytes.Clone(id)})
+			lc.depth++
+			lc.bytes += ledgerBytes(v)
+			lc.last = max(lc.last, binary.BigEndian.Uint64(k))
+		} else {
+			bad = append(bad, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range bad {
+		if err := lb.Delete(k); err != nil {
+			return err
+		}
+	}
+	if err := tx.DeleteBucket(bucketLedgerID); err != nil {
+		return err
+	}
+	ib, err := tx.CreateBucket(bucketLedgerID)
+	if err != nil {
+		return err
+	}
+	// In seq order, so that the latest entry of an id wins; an earlier one
+	// stays until pruned.
+	for _, e := range good {
+		if err := ib.Put(e.id, e.key); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -462,7 +583,7 @@ func compactTemp(path string) string { return path + ".compact" }
 
 // CompactIfWasteful compacts the file when the backlog is tiny (at most
 // 16 MiB) and the file is larger than 8 MiB plus 4 times the accounted
-// bytes, as after a long outage has drained. It reports whether it
+// bytes and the command ledger's bytes, as after a long outage has drained. It reports whether it
 // compacted. Every other operation waits while it runs; it takes time
 // proportional to the backlog, not to the file.
 //
@@ -491,17 +612,18 @@ func (s *Store) wasteful() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("store: compact: %w", err)
 	}
-	var live int64
+	var backlog, live int64
 	err = s.db.View(func(tx *bbolt.Tx) error {
 		cs, err := loadCounters(tx)
-		live = cs.total()
+		backlog = cs.total()
+		live = backlog + cs.ledger.bytes
 		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("store: compact: %w", err)
 	}
 	size := fi.Size()
-	return size > compactRatio*live+compactMinFile && live <= compactMaxLive, nil
+	return size > compactRatio*live+compactMinFile && backlog <= compactMaxLive, nil
 }
 
 // compact copies the store into a fresh file and puts it in place. The
@@ -546,13 +668,14 @@ func (s *Store) compact() error {
 	return nil
 }
 
-// sameContent compares the stream counters, the first and last key of every
-// stream and the number of settings of two stores: a cheap guard that the
-// copy is complete.
+// sameContent compares the stream and ledger counters, the first and last
+// key of every stream and of the ledger, and the number of settings of two
+// stores: a cheap guard that the copy is complete.
 func sameContent(a, b *bbolt.DB) bool {
 	type summary struct {
 		cs       counters
 		ends     [len(streams)][2]uint64
+		ledger   [2]uint64
 		settings int
 	}
 	read := func(db *bbolt.DB) (sum summary, err error) {
@@ -574,6 +697,15 @@ func sameContent(a, b *bbolt.DB) bool {
 				}
 				if k, _ := c.Last(); len(k) == 8 {
 					sum.ends[i][1] = binary.BigEndian.Uint64(k)
+				}
+			}
+			if b := tx.Bucket(bucketLedger); b != nil {
+				c := b.Cursor()
+				if k, _ := c.First(); len(k) == 8 {
+					sum.ledger[0] = binary.BigEndian.Uint64(k)
+				}
+				if k, _ := c.Last(); len(k) == 8 {
+					sum.ledger[1] = binary.BigEndian.Uint64(k)
 				}
 			}
 			return nil

@@ -290,6 +290,10 @@ func TestCompactionShrinksFile(t *testing.T) {
 	if err := s.PutSetting("cmd/1", []byte("done")); err != nil {
 		t.Fatal(err)
 	}
+	resp, err := s.Respond(0, LedgerEntry{ID: "cmd-1"}, func(uint64) ([]byte, error) { return []byte(`{"ok":true}`), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
 	if did, err := s.CompactIfWasteful(); err != nil || did {
 		t.Fatalf("compaction with a full backlog: %t, %v", did, err)
 	}
@@ -344,6 +348,9 @@ func TestCompactionShrinksFile(t *testing.T) {
 	}
 	if v, _ := s.GetSetting("cmd/1"); string(v) != "done" {
 		t.Fatalf("setting after compaction: %q", v)
+	}
+	if e, err := s.Ledger("cmd-1"); err != nil || e == nil || !bytes.Equal(e.Response, resp.Payload) {
+		t.Fatalf("ledger entry after compaction: %+v, %v", e, err)
 	}
 	if r := mustAppend(t, s, Events, Normal, 10); r.Seq != 40_001 {
 		t.Fatalf("seq %d after compaction, want 40001", r.Seq)

@@ -24,8 +24,9 @@ var (
 	// ErrLocked is returned by Open when another process holds the file
 	// lock, usually another agent running on the same data directory.
 	ErrLocked = errors.New("store: locked by another process")
-	// ErrTooLarge is returned by Append when a payload is longer than
-	// MaxPayload, and by PutSetting when a key or value is too long.
+	// ErrTooLarge is returned by Append and Respond when a payload is
+	// longer than MaxPayload, by Respond when a command id or digest is too
+	// long, and by PutSetting when a key or value is too long.
 	ErrTooLarge = errors.New("store: too large")
 )
 
@@ -37,10 +38,13 @@ const (
 	Events    Stream = "events"    // records of the events topic (card taps, door, boot, alarms…)
 	Responses Stream = "resp"      // command responses
 	Telemetry Stream = "telemetry" // telemetry; the only stream whose records are evicted
+	// Inbox holds received fleet commands until they are executed. Append
+	// to it with class Critical.
+	Inbox Stream = "inbox"
 )
 
 // streams lists every stream the store accepts, in a fixed order.
-var streams = [...]Stream{Events, Responses, Telemetry}
+var streams = [...]Stream{Events, Responses, Telemetry, Inbox}
 
 // valid reports whether st is one of the known streams.
 func (st Stream) valid() bool {
@@ -104,6 +108,12 @@ const (
 	DefaultCheckMaxBytes = 64 << 20
 	// DefaultTimeout is the file lock wait used when Options.Timeout is 0.
 	DefaultTimeout = 2 * time.Second
+	// DefaultLedgerMaxEntries is the command ledger bound used when
+	// Options.LedgerMaxEntries is 0.
+	DefaultLedgerMaxEntries = 10000
+	// DefaultLedgerMaxAge is the command ledger retention used when
+	// Options.LedgerMaxAge is 0.
+	DefaultLedgerMaxAge = 30 * 24 * time.Hour
 )
 
 // Options configure a Store. A nil *Options means all defaults.
@@ -114,9 +124,10 @@ type Options struct {
 	// 0 means DefaultMaxBytes (256 MiB); negative is an error.
 	//
 	// The bbolt file is limited (bbolt Options.MaxSize) to
-	// 33/16·(MaxBytes+reserve) + 32 MiB. Measured with records of 100 B to
-	// 64 KiB, filled to the cap, churned by eviction and drained in pages of
-	// 64, the pages in use are 1.25 (300-byte records) to 2.02 (1 KiB and
+	// 33/16·(MaxBytes+2·reserve) + 32 MiB: one reserve for Critical
+	// records, one for the command ledger (see LedgerMaxEntries). Measured
+	// with records of 100 B to 64 KiB, filled to the cap, churned by
+	// eviction and drained in pages of 64, the pages in use are 1.25 (300-byte records) to 2.02 (1 KiB and
 	// 2 KiB records) times the accounted bytes: bbolt splits a growing leaf
 	// before it is full, so records that fit three or two to a page fill
 	// only two or one. The 32 MiB cover bbolt's 16 MiB growth step and
@@ -127,24 +138,44 @@ type Options struct {
 	// On 32-bit platforms the file limit is at most 512 MiB, so the memory
 	// map never needs more than 512 MiB of contiguous address space (larger
 	// maps have failed on Raspberry Pi boards). A MaxBytes above about
-	// 219 MiB (the default included) is lowered to fit there, and Stats
+	// 206 MiB (the default included) is lowered to fit there, and Stats
 	// reports the value in force.
 	MaxBytes int64
 	// Timeout is how long Open waits for the file lock held by another
 	// process before it fails with ErrLocked. 0 means DefaultTimeout (2 s).
 	Timeout time.Duration
-	// Now is the wall clock for Record.Added and for the name of a file
-	// moved aside. nil means time.Now.
+	// Now is the wall clock for Record.Added, for the name of a file moved
+	// aside, for the At of a ledger entry given without one and for
+	// pruning the ledger by age. nil means time.Now.
 	Now func() time.Time
 	// CheckMaxBytes bounds the cost of the consistency check at Open: a file
 	// up to this size gets bbolt's full check (every page is read), a larger
 	// one a quick check of the metadata, the buckets and the first and last
-	// record of every stream. Check always runs the full check.
+	// record of every stream and entry of the command ledger. Check always
+	// runs the full check.
 	// 0 means DefaultCheckMaxBytes (64 MiB); negative means always full.
 	CheckMaxBytes int64
 	// Logger receives warnings about recovery, counter repair and
 	// compaction. nil means quiet. Payloads are never logged.
 	Logger *slog.Logger
+	// LedgerMaxEntries bounds the command ledger (see Store.Respond): when
+	// Respond has recorded an entry, the oldest entries beyond this many
+	// are pruned. 0 means DefaultLedgerMaxEntries (10000); negative is an
+	// error.
+	//
+	// The ledger is also bounded in bytes: its entries (command id twice,
+	// digest, response, and 58 bytes of overhead each) are kept within the
+	// Critical reserve, max(MaxBytes/16, MinReserve), pruning the oldest
+	// beyond that, except that the entry just recorded is always kept.
+	// Ledger bytes are not part of the accounted bytes capped by MaxBytes
+	// (a full ledger never refuses a record); the file limit leaves room
+	// for them.
+	LedgerMaxEntries int
+	// LedgerMaxAge is how long the command ledger remembers an executed
+	// command: when Respond has recorded an entry, entries whose At is
+	// older than Now minus LedgerMaxAge are pruned. 0 means
+	// DefaultLedgerMaxAge (30 days); negative is an error.
+	LedgerMaxAge time.Duration
 }
 
 // Record is one stored record.
@@ -415,8 +446,8 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Settings are small key/value pairs kept in the same file (command ledger,
-// configuration overrides). They do not count against MaxBytes.
+// Settings are small key/value pairs kept in the same file (configuration
+// overrides). They do not count against MaxBytes.
 const (
 	maxSettingKey   = 255
 	maxSettingValue = MaxPayload

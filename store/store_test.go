@@ -480,7 +480,7 @@ func TestStatsAccurate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Bytes != 0 || st.MaxBytes != 1<<20 || st.Reserve != MinReserve || len(st.Streams) != 3 {
+	if st.Bytes != 0 || st.MaxBytes != 1<<20 || st.Reserve != MinReserve || len(st.Streams) != len(streams) {
 		t.Fatalf("empty store stats %+v", st)
 	}
 	for _, ss := range st.Streams {

@@ -55,8 +55,8 @@ type WatchdogOptions struct {
 }
 
 // Watchdog pings the service manager's watchdog only while every registered main loop makes
-// progress. Each loop registers a named Heartbeat and calls Beat on every turn (and at least
-// once per MaxAge while idle, from a ticker in its select). When one stops beating, the
+// progress. Each loop registers a named Heartbeat and calls Beat on every turn (and, while
+// idle, every MaxAge/2 from a ticker in its select). When one stops beating, the
 // Watchdog stops pinging, sets the unit's status line to name the stuck loop, and reports it
 // through OnStuck; systemd then kills the agent with SIGABRT (the Go runtime prints every
 // goroutine's stack to the journal) and Restart=always starts it again. If the loop recovers

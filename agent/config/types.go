@@ -95,3 +95,29 @@ func (c *Config) TOML() ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// EncodeTOML renders any value (a map of overrides) as TOML.
+func EncodeTOML(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(v); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseOver decodes base, then lays over on top of it: keys in over replace those in base.
+// Unknown keys in either are errors. The result is not normalised.
+func ParseOver(base, over []byte) (*Config, error) {
+	c, err := Parse(base)
+	if err != nil {
+		return nil, err
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(over)).Decode(c)
+	if err != nil {
+		return nil, fmt.Errorf("config: %s", oneLine(err.Error()))
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("config: unknown key %s", und[0].String())
+	}
+	return c, nil
+}

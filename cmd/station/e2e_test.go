@@ -79,6 +79,7 @@ func (s *syncBuffer) String() string {
 type agentSpec struct {
 	dataDir, socket, id, broker, prefix string
 	extra                               []string
+	extraTOML                           string // appended to the config file
 }
 
 // startAgent starts the agent and waits until it logs that it runs (store open, socket listening).
@@ -87,12 +88,12 @@ func startAgent(t *testing.T, s agentSpec) *agentProc {
 	args := []string{"run", "--sim", "--broker", s.broker, "--data-dir", s.dataDir,
 		"--socket", s.socket, "--station-id", s.id, "--log-level", "debug"}
 	cfg := filepath.Join(s.dataDir, "..", s.id+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n", s.prefix)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n%s", s.prefix, s.extraTOML)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args = append(args, "--config", cfg)
 	args = append(args, s.extra...)
-	cmd := exec.Command(stationBin, args...)
+	cmd := stationCommand(args...)
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	if err := cmd.Start(); err != nil {
@@ -154,8 +155,17 @@ func (p *agentProc) station(args ...string) (string, string, int) {
 	return runStation(append(args, "--socket", p.socket)...)
 }
 
+// stationCommand runs the station binary, under the emulator when the tests run under one
+// (.ci/arm-tests.sh sets STATION_TEST_QEMU).
+func stationCommand(args ...string) *exec.Cmd {
+	if q := os.Getenv("STATION_TEST_QEMU"); q != "" {
+		return exec.Command(q, append([]string{stationBin}, args...)...)
+	}
+	return exec.Command(stationBin, args...)
+}
+
 func runStation(args ...string) (string, string, int) {
-	cmd := exec.Command(stationBin, args...)
+	cmd := stationCommand(args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -349,7 +359,7 @@ func TestKill9MidBurstLosesNothing(t *testing.T) {
 	want := map[string]bool{}
 	for round := 0; round < 3; round++ {
 		p := startAgent(t, s)
-		cmd := exec.Command(stationBin, "tap", "--json", "--count", "400", "--socket", s.socket)
+		cmd := stationCommand("tap", "--json", "--count", "400", "--socket", s.socket)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

@@ -27,16 +27,16 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 // silentError is a failure already reported on stdout (e.g. a refused tap): exit status 1, no message.
 var errSilent = errors.New("")
 
-type command struct {
+type subcommand struct {
 	name    string
 	summary string
 	run     func(args []string, stdout, stderr io.Writer) error
 }
 
-var commands []command
+var commands []subcommand
 
 func init() {
-	commands = []command{
+	commands = []subcommand{
 		{"run", "run the agent (the daemon)", cmdRun},
 		{"status", "show the running agent's status", cmdStatus},
 		{"queue", "show the records waiting for the broker", cmdQueue},
@@ -78,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		case errors.Is(err, errSilent):
 			return 1
+		case errors.Is(err, errRestart):
+			return 75
 		default:
 			fmt.Fprintf(stderr, "station: %s\n", oneLine(err.Error()))
 			return 1

@@ -41,6 +41,18 @@ func (f *runFlags) loadConfig() (*config.Config, error) {
 		}
 		cfg = c
 	}
+	f.apply(cfg)
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = config.DefaultSocket()
+	}
+	return cfg, nil
+}
+
+// apply lays the flags over a configuration.
+func (f *runFlags) apply(cfg *config.Config) {
 	cfg.Sim = f.sim
 	for _, o := range []struct {
 		v   string
@@ -53,14 +65,11 @@ func (f *runFlags) loadConfig() (*config.Config, error) {
 			*o.dst = o.v
 		}
 	}
-	if err := cfg.Normalize(); err != nil {
-		return nil, err
-	}
-	if cfg.Socket == "" {
-		cfg.Socket = config.DefaultSocket()
-	}
-	return cfg, nil
 }
+
+// errRestart makes the process exit with status 75 (EX_TEMPFAIL) after a fleet restart command;
+// systemd's Restart=always starts it again.
+var errRestart = errors.New("restart requested")
 
 func cmdRun(args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -77,7 +86,8 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger, level := newLogger(stderr)
+	ring := agent.NewLogRing(500)
+	logger, level := newLogger(io.MultiWriter(stderr, ring))
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return fmt.Errorf("log level: %w", err)
 	}
@@ -86,14 +96,20 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	defer stop()
 
 	a, err := agent.New(agent.Options{
-		Config:  cfg,
-		Logger:  logger,
-		Version: version,
+		Config:   cfg,
+		Logger:   logger,
+		Version:  version,
+		Flags:    f.apply,
+		LogLevel: level,
+		Logs:     ring,
 	})
 	if err != nil {
 		return err
 	}
-	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := a.Run(ctx); errors.Is(err, agent.ErrRestart) {
+		logger.Info("station agent stopping for a restart")
+		return errRestart
+	} else if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	logger.Info("station agent stopped")

@@ -1,0 +1,537 @@
+// Package command holds the fleet command envelope (DESIGN §3.5): the wire types, the checks a
+// station makes on what arrives on its command topics, and Ed25519 signing.
+//
+// A plain command is a JSON object:
+//
+//	{"id":"…","name":"ping","args":{…},"expires_at":"…","target":"<station id>|*"}
+//
+// A signed command wraps the plain command's exact bytes:
+//
+//	{"signed":"<base64url>","sig":"<base64url Ed25519 signature of those bytes>","kid":"…"}
+//
+// Both base64 fields use the URL alphabet without padding. The signature covers the plain
+// command's bytes as sent, so nothing needs to be re-encoded to verify it.
+//
+// Key ids: the kid of a public key is the first 8 bytes of the SHA-256 digest of the 32 raw key
+// bytes, in base64url without padding (11 characters); see KeyID. It only selects the key to try;
+// the signature is what authorises.
+//
+// The package is pure: it knows neither the station's id nor its clock. Decode checks that a
+// payload is a well-formed and, when keys are configured, authentic command; the station then
+// checks the target (Command.For) and the expiry (Command.Expired) itself.
+package command
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Command is a plain command.
+type Command struct {
+	ID        string          `json:"id"`
+	Name      string          `json:"name"`
+	Args      json.RawMessage `json:"args,omitempty"`
+	ExpiresAt string          `json:"expires_at,omitempty"` // RFC 3339
+	Target    string          `json:"target"`               // station id or "*"
+}
+
+// Signed is the signed envelope. Both fields are base64url without padding.
+type Signed struct {
+	Signed string `json:"signed"`
+	Sig    string `json:"sig"`
+	Kid    string `json:"kid,omitempty"`
+}
+
+// Response is a station's answer to a command, published on {p}/{id}/resp.
+type Response struct {
+	ID     string          `json:"id"`
+	OK     bool            `json:"ok"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+	TS     string          `json:"ts"` // when the station handled the command, RFC 3339 UTC
+}
+
+// Error is the error of a failed command. Its Message never holds card data.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes of a Response.
+const (
+	CodeBadRequest     = "bad_request"     // malformed: not JSON, too large, missing fields, wrong types
+	CodeUnknownCommand = "unknown_command" // the station has no such command
+	CodeExpired        = "expired"         // expires_at has passed
+	CodeReplayed       = "replayed"        // reserved: the id was seen but no stored response remains
+	CodeUnauthorized   = "unauthorized"    // unsigned with keys configured, or a bad signature
+	CodeWrongTarget    = "wrong_target"    // addressed to another station
+	CodeFailed         = "failed"          // the command ran and failed
+)
+
+// MaxPayload is the largest command payload (the whole envelope) a station accepts.
+const MaxPayload = 64 << 10
+
+// MaxIDLen is the longest command id, in characters.
+const MaxIDLen = 64
+
+// maxNameLen bounds a command name: names are logged and must stay short.
+const maxNameLen = 64
+
+// AllStations is the target of a command for every station (sent on {p}/_fleet/cmd).
+const AllStations = "*"
+
+// Error implements the error interface.
+func (e *Error) Error() string { return "command: " + e.Code + ": " + e.Message }
+
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Expired reports whether the command has expired at now: true from the instant expires_at names.
+// A command without expires_at never expires. The error reports an unreadable expires_at (Decode
+// has already refused those).
+func (c *Command) Expired(now time.Time) (bool, error) {
+	if c.ExpiresAt == "" {
+		return false, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, c.ExpiresAt)
+	if err != nil {
+		return false, errors.New("command: expires_at is not an RFC 3339 time")
+	}
+	return !now.Before(t), nil
+}
+
+// For reports whether the command is addressed to the station with the given id, by its id or
+// to every station ("*").
+func (c *Command) For(stationID string) bool {
+	return c.Target == AllStations || (c.Target != "" && c.Target == stationID)
+}
+
+// Keys is the set of fleet command public keys a station trusts. The zero value and nil hold no
+// keys. A Keys is immutable and safe for concurrent use.
+type Keys struct {
+	keys []pubKey
+}
+
+type pubKey struct {
+	kid string
+	pub ed25519.PublicKey
+}
+
+// ParseKeys parses raw 32-byte Ed25519 public keys written in base64, standard or URL alphabet,
+// with or without padding (the [commands] public_keys of the configuration). A key listed twice
+// counts once. An empty list gives an empty set: commands are then not authenticated.
+func ParseKeys(b64 []string) (*Keys, error) {
+	k := &Keys{}
+	seen := make(map[string]bool, len(b64))
+	for i, s := range b64 {
+		raw, err := decodeAnyBase64(s)
+		if err != nil {
+			return nil, fmt.Errorf("command: public key %d: not base64", i+1)
+		}
+		if len(raw) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("command: public key %d: a raw Ed25519 public key is %d bytes, this is %d", i+1, ed25519.PublicKeySize, len(raw))
+		}
+		pub := ed25519.PublicKey(raw)
+		kid := KeyID(pub)
+		if seen[string(raw)] {
+			continue
+		}
+		seen[string(raw)] = true
+		k.keys = append(k.keys, pubKey{kid: kid, pub: pub})
+	}
+	return k, nil
+}
+
+// Len returns the number of keys; a nil Keys has none.
+func (k *Keys) Len() int {
+	if k == nil {
+		return 0
+	}
+	return len(k.keys)
+}
+
+// IDs returns the key ids, in the order the keys were given.
+func (k *Keys) IDs() []string {
+	if k == nil {
+		return nil
+	}
+	ids := make([]string, len(k.keys))
+	for i, p := range k.keys {
+		ids[i] = p.kid
+	}
+	return ids
+}
+
+// verify reports whether sig is a valid signature of msg by the key named kid, or by any key
+// when kid is empty.
+func (k *Keys) verify(kid string, msg, sig []byte) bool {
+	for _, p := range k.keys {
+		if kid != "" && p.kid != kid {
+			continue
+		}
+		if ed25519.Verify(p.pub, msg, sig) {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeAnyBase64 accepts the standard or URL alphabet, with or without padding.
+func decodeAnyBase64(s string) ([]byte, error) {
+	s = strings.TrimRight(strings.TrimSpace(s), "=")
+	if strings.ContainsAny(s, "-_") {
+		return base64.RawURLEncoding.Strict().DecodeString(s)
+	}
+	return base64.RawStdEncoding.Strict().DecodeString(s)
+}
+
+// b64 is the envelope's encoding: base64url without padding, strict (no padding, no line
+// breaks, canonical trailing bits).
+var b64 = base64.RawURLEncoding.Strict()
+
+// KeyID returns the key id of a public key: the first 8 bytes of the SHA-256 digest of the raw
+// 32 key bytes, base64url without padding.
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return base64.RawURLEncoding.EncodeToString(sum[:8])
+}
+
+// NewID returns a fresh random command id: 32 hexadecimal digits (128 bits).
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail (Go 1.24+ crashes the program instead)
+	return hex.EncodeToString(b[:])
+}
+
+// Sign returns the signed envelope of the plain command bytes plain, signed with priv and
+// labelled with kid (omitted when empty; usually KeyID of priv's public key). plain must be a
+// well-formed plain command, and the envelope must fit in MaxPayload.
+func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
+	if len(priv) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("command: sign: an Ed25519 private key is %d bytes, this is %d", ed25519.PrivateKeySize, len(priv))
+	}
+	if _, _, e := Decode(plain, nil); e != nil {
+		return nil, fmt.Errorf("command: sign: not a well-formed plain command: %w", e)
+	}
+	var probe map[string]json.RawMessage
+	if json.Unmarshal(plain, &probe) == nil {
+		if _, ok := probe["signed"]; ok {
+			return nil, errors.New("command: sign: already a signed envelope")
+		}
+	}
+	env, err := json.Marshal(Signed{
+		Signed: b64.EncodeToString(plain),
+		Sig:    b64.EncodeToString(ed25519.Sign(priv, plain)),
+		Kid:    kid,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("command: sign: %w", err)
+	}
+	if len(env) > MaxPayload {
+		return nil, fmt.Errorf("command: sign: the signed command is %d bytes, more than the %d a station accepts", len(env), MaxPayload)
+	}
+	return env, nil
+}
+
+// Decode turns a payload from a command topic into a command. It checks, in this order:
+//
+//  1. size: more than MaxPayload is bad_request (the id is still read, so the sender hears why);
+//  2. a JSON object, in the plain or the signed form (an object with a "signed" or "sig"
+//     member is an envelope);
+//  3. authenticity: with keys configured, a plain command is unauthorized, and so is a signed one
+//     whose signature does not verify with the key its kid names (with any key when kid is
+//     absent). With no keys configured a signed command's inner command is accepted without
+//     verification: the station has nothing to verify with, and a fleet can start signing before
+//     every station has its keys;
+//  4. the inner command: id a string of 1 to 64 printable characters, name a non-empty string
+//     (at most 64 printable characters), target a non-empty string, expires_at an RFC 3339 time
+//     if present, args a JSON object if present (null counts as absent for the optional
+//     members); anything else is bad_request. Unknown members are ignored.
+//
+// Decode does not check the target or the expiry: the station does, with its id and clock.
+//
+// cmd is nil only when no valid id can be read; otherwise it has at least ID set, so the station
+// can answer with the id the sender used (for an unauthorized command, the id it claims). inner
+// is the plain command's bytes (the payload itself for a plain command), or nil when they could
+// not be extracted or the payload is too large. err is nil when the command is well-formed and
+// authentic; then cmd is complete.
+func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error) {
+	if len(payload) > MaxPayload {
+		return idOnly(claimedID(payload, true)), nil, errorf(CodeBadRequest, "command of %d bytes is larger than %d", len(payload), MaxPayload)
+	}
+	var top map[string]json.RawMessage
+	if e := unmarshalObject(payload, &top); e != nil {
+		return nil, nil, e
+	}
+	_, hasSigned := top["signed"]
+	_, hasSig := top["sig"]
+	if !hasSigned && !hasSig {
+		if keys.Len() > 0 {
+			return idOnly(readID(top)), payload, errorf(CodeUnauthorized, "unsigned command: this station accepts only signed commands")
+		}
+		return decodeInner(payload, top)
+	}
+
+	// Signed form. The inner bytes are read leniently first, only to learn the claimed id for
+	// the answer; the envelope is then checked strictly.
+	var env Signed
+	signedB, e := stringMember(top, "signed", true)
+	if e != nil {
+		return idOnly(claimedSignedID(top)), nil, e
+	}
+	env.Signed = signedB
+	if env.Sig, e = stringMember(top, "sig", true); e != nil {
+		return idOnly(claimedSignedID(top)), nil, e
+	}
+	if env.Kid, e = stringMember(top, "kid", false); e != nil {
+		return idOnly(claimedSignedID(top)), nil, e
+	}
+	plain, err1 := b64.DecodeString(env.Signed)
+	if err1 != nil {
+		return idOnly(claimedSignedID(top)), nil, errorf(CodeBadRequest, "signed: not base64url without padding")
+	}
+	sig, err1 := b64.DecodeString(env.Sig)
+	if err1 != nil || len(sig) != ed25519.SignatureSize {
+		return idOnly(claimedSignedID(top)), plain, errorf(CodeBadRequest, "sig: not a %d-byte Ed25519 signature in base64url without padding", ed25519.SignatureSize)
+	}
+	if keys.Len() > 0 && !keys.verify(env.Kid, plain, sig) {
+		msg := "signature does not verify with any configured key"
+		if env.Kid != "" {
+			msg = "signature does not verify with the key kid names"
+			if !keys.hasKid(env.Kid) {
+				msg = "kid names no configured key"
+			}
+		}
+		return idOnly(idFromBytes(plain)), plain, errorf(CodeUnauthorized, "%s", msg)
+	}
+	var innerTop map[string]json.RawMessage
+	if e := unmarshalObject(plain, &innerTop); e != nil {
+		e.Message = "signed: " + e.Message
+		return nil, plain, e
+	}
+	if _, nested := innerTop["signed"]; nested {
+		return idOnly(readID(innerTop)), plain, errorf(CodeBadRequest, "signed: holds another envelope, not a plain command")
+	}
+	return decodeInner(plain, innerTop)
+}
+
+func (k *Keys) hasKid(kid string) bool {
+	for _, p := range k.keys {
+		if p.kid == kid {
+			return true
+		}
+	}
+	return false
+}
+
+func idOnly(id string) *Command {
+	if id == "" {
+		return nil
+	}
+	return &Command{ID: id}
+}
+
+// unmarshalObject decodes b as one JSON object into top.
+func unmarshalObject(b []byte, top *map[string]json.RawMessage) *Error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return errorf(CodeBadRequest, "empty payload, want a JSON object")
+	}
+	if b[0] != '{' {
+		return errorf(CodeBadRequest, "not a JSON object")
+	}
+	if err := json.Unmarshal(b, top); err != nil || *top == nil {
+		return errorf(CodeBadRequest, "not valid JSON")
+	}
+	return nil
+}
+
+// decodeInner checks the members of a plain command.
+func decodeInner(raw []byte, top map[string]json.RawMessage) (*Command, []byte, *Error) {
+	id, e := stringMember(top, "id", true)
+	if e != nil {
+		return nil, raw, e
+	}
+	if !validID(id) {
+		return nil, raw, errorf(CodeBadRequest, "id: want 1 to %d printable characters", MaxIDLen)
+	}
+	c := &Command{ID: id}
+	if c.Name, e = stringMember(top, "name", true); e != nil {
+		return c, raw, e
+	}
+	if c.Name == "" || utf8.RuneCountInString(c.Name) > maxNameLen || !printable(c.Name) {
+		return c, raw, errorf(CodeBadRequest, "name: want 1 to %d printable characters", maxNameLen)
+	}
+	if c.Target, e = stringMember(top, "target", true); e != nil {
+		return c, raw, e
+	}
+	if c.Target == "" {
+		return c, raw, errorf(CodeBadRequest, "target: want a station id or %q", AllStations)
+	}
+	if c.ExpiresAt, e = stringMember(top, "expires_at", false); e != nil {
+		return c, raw, e
+	}
+	if c.ExpiresAt != "" {
+		if _, err := time.Parse(time.RFC3339Nano, c.ExpiresAt); err != nil {
+			return c, raw, errorf(CodeBadRequest, "expires_at: not an RFC 3339 time")
+		}
+	}
+	if a, ok := top["args"]; ok && !isNull(a) {
+		if t := bytes.TrimSpace(a); len(t) == 0 || t[0] != '{' {
+			return c, raw, errorf(CodeBadRequest, "args: want a JSON object")
+		}
+		c.Args = append(json.RawMessage(nil), a...)
+	}
+	return c, raw, nil
+}
+
+func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null" }
+
+// stringMember reads member name as a string. A missing member (or null, for an optional one)
+// gives "".
+func stringMember(top map[string]json.RawMessage, name string, required bool) (string, *Error) {
+	v, ok := top[name]
+	if !ok || (!required && isNull(v)) {
+		if required {
+			return "", errorf(CodeBadRequest, "%s: missing", name)
+		}
+		return "", nil
+	}
+	var s string
+	if t := bytes.TrimSpace(v); len(t) == 0 || t[0] != '"' || json.Unmarshal(t, &s) != nil {
+		return "", errorf(CodeBadRequest, "%s: want a string", name)
+	}
+	return s, nil
+}
+
+func validID(id string) bool {
+	n := utf8.RuneCountInString(id)
+	return n >= 1 && n <= MaxIDLen && printable(id)
+}
+
+// printable reports whether s is valid UTF-8 made of printable characters (spaces other than
+// U+0020 and all control characters excluded).
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// readID returns the valid id in an object's members, or "".
+func readID(top map[string]json.RawMessage) string {
+	v, ok := top["id"]
+	if !ok {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(v, &s) != nil || !validID(s) {
+		return ""
+	}
+	return s
+}
+
+// idFromBytes returns the valid id of a plain command's bytes, or "".
+func idFromBytes(b []byte) string {
+	var top map[string]json.RawMessage
+	if unmarshalObject(b, &top) != nil {
+		return ""
+	}
+	return readID(top)
+}
+
+// claimedSignedID reads the id of an envelope's inner command as best it can: padded or
+// otherwise sloppy base64 is accepted here, since the id only addresses the error answer.
+func claimedSignedID(top map[string]json.RawMessage) string {
+	var s string
+	if json.Unmarshal(top["signed"], &s) != nil {
+		return ""
+	}
+	plain, err := decodeAnyBase64(s)
+	if err != nil {
+		return ""
+	}
+	return idFromBytes(plain)
+}
+
+// claimedID reads the id of an oversized payload, plain or (when envelope is true) signed,
+// without keeping more than one member value at a time.
+func claimedID(payload []byte, envelope bool) string {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := t.(string)
+		switch key {
+		case "id":
+			var s string
+			if dec.Decode(&s) != nil {
+				return ""
+			}
+			if validID(s) {
+				return s
+			}
+			return ""
+		case "signed":
+			if !envelope {
+				return ""
+			}
+			var s string
+			if dec.Decode(&s) != nil {
+				return ""
+			}
+			plain, err := decodeAnyBase64(s)
+			if err != nil {
+				return ""
+			}
+			return claimedID(plain, false)
+		default:
+			if skipValue(dec) != nil {
+				return ""
+			}
+		}
+	}
+	return ""
+}
+
+// skipValue consumes one JSON value from dec.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,249 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"station.dev/agent/agent/command"
+	"station.dev/agent/mqtt"
+	"station.dev/agent/store"
+)
+
+// Fleet commands (DESIGN §3.5). A command is stored in the inbox before the broker gets its
+// PUBACK, executed in order by one worker, and answered through the outbox; the response and the
+// ledger entry that stops a second execution are written in one transaction with the removal
+// from the inbox, so a power cut at any point neither loses a command nor runs it twice.
+
+// maxCommandBytes is the largest payload kept whole. A larger one is still read for its id so the
+// sender learns why it was refused; past maxReadableCommand it is dropped and counted.
+const maxReadableCommand = 4 << 20
+
+// inboxItem is how a received message waits in the inbox.
+type inboxItem struct {
+	Topic    string    `json:"topic"`
+	Payload  []byte    `json:"payload,omitempty"`
+	Size     int       `json:"size"`
+	ID       string    `json:"id,omitempty"` // for an oversize payload: the id it claims
+	Received time.Time `json:"received"`
+}
+
+// commandStats counts what happened to commands since start.
+type commandStats struct {
+	received, executed, refused, dropped atomic.Uint64
+}
+
+// CommandStats is the command counters, in status and telemetry.
+type CommandStats struct {
+	Received uint64 `json:"received"`
+	Executed uint64 `json:"executed"`
+	Refused  uint64 `json:"refused"`
+	Dropped  uint64 `json:"dropped"`
+}
+
+func (c *commandStats) snapshot() CommandStats {
+	return CommandStats{c.received.Load(), c.executed.Load(), c.refused.Load(), c.dropped.Load()}
+}
+
+// onMessage runs on the link's receive path: store, acknowledge, wake the worker.
+func (a *Agent) onMessage(m mqtt.Message) {
+	a.cmdStats.received.Add(1)
+	item := inboxItem{Topic: m.Topic, Size: len(m.Payload), Received: a.now().UTC()}
+	switch {
+	case len(m.Payload) > maxReadableCommand:
+		a.cmdStats.dropped.Add(1)
+		a.log.Warn("dropped a command too large to read", "topic", m.Topic, "bytes", len(m.Payload))
+		m.Ack()
+		return
+	case len(m.Payload) > command.MaxPayload:
+		if cmd, _, _ := command.Decode(m.Payload, a.cmdKeys); cmd != nil {
+			item.ID = cmd.ID
+		}
+	default:
+		item.Payload = m.Payload
+	}
+	b, err := json.Marshal(item)
+	if err == nil {
+		_, err = a.store.Append(store.Inbox, store.Critical, func(uint64) ([]byte, error) { return b, nil })
+	}
+	if err != nil {
+		// Not acknowledged: the broker delivers it again after the next reconnect.
+		a.log.Error("could not store a received command; it will be delivered again", "err", err)
+		return
+	}
+	m.Ack()
+	select {
+	case a.cmdWake <- struct{}{}:
+	default:
+	}
+}
+
+// commandLoop executes stored commands in order.
+func (a *Agent) commandLoop(ctx context.Context) error {
+	for {
+		items, err := a.store.Read(store.Inbox, 0, 16)
+		if err != nil {
+			a.log.Error("reading the command inbox", "err", err)
+		}
+		for _, it := range items {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.handleInbox(ctx, it)
+		}
+		if len(items) > 0 && err == nil {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.cmdWake:
+		case <-time.After(time.Minute): // also retries after a store error
+		}
+	}
+}
+
+// commandError is an error with a response code.
+type commandError = command.Error
+
+func cmdErr(code, format string, args ...any) *commandError {
+	return &commandError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
+	var item inboxItem
+	if err := json.Unmarshal(rec.Payload, &item); err != nil {
+		a.log.Error("unreadable inbox entry dropped", "seq", rec.Seq, "err", err)
+		_ = a.store.Delete(store.Inbox, rec.Seq)
+		return
+	}
+	var (
+		cmd   *command.Command
+		inner []byte
+		cerr  *commandError
+	)
+	if item.Payload == nil {
+		cmd = &command.Command{ID: item.ID}
+		cerr = cmdErr(command.CodeBadRequest, "command of %d bytes: the limit is %d", item.Size, command.MaxPayload)
+	} else {
+		cmd, inner, cerr = command.Decode(item.Payload, a.cmdKeys)
+	}
+	if cmd == nil || cmd.ID == "" {
+		a.cmdStats.dropped.Add(1)
+		reason := "no id"
+		if cerr != nil {
+			reason = cerr.Message
+		}
+		a.log.Warn("dropped a command without a readable id", "topic", item.Topic, "reason", reason)
+		_ = a.store.Delete(store.Inbox, rec.Seq)
+		return
+	}
+	if inner == nil {
+		inner = item.Payload
+	}
+	digest := sha256.Sum256(inner)
+
+	if prev, err := a.store.Ledger(cmd.ID); err != nil {
+		a.log.Error("reading the command ledger", "err", err)
+	} else if prev != nil {
+		if string(prev.Digest) == string(digest[:]) {
+			// A redelivery: the same answer again, not a second execution.
+			a.respondRaw(rec.Seq, *prev)
+			return
+		}
+		cerr = cmdErr(command.CodeReplayed, "command id %s was already used for another command", cmd.ID)
+	}
+
+	resp := command.Response{ID: cmd.ID}
+	var after func()
+	if cerr == nil {
+		var result any
+		result, after, cerr = a.execute(ctx, cmd)
+		if cerr == nil {
+			b, err := json.Marshal(result)
+			if err != nil {
+				cerr = cmdErr(command.CodeFailed, "result: %v", err)
+			} else {
+				resp.OK, resp.Result = true, b
+			}
+		}
+	}
+	if cerr != nil {
+		resp.Error = cerr
+		a.cmdStats.refused.Add(1)
+		a.log.Info("command refused", "id", cmd.ID, "name", cmd.Name, "code", cerr.Code, "reason", cerr.Message)
+	} else {
+		a.cmdStats.executed.Add(1)
+		a.log.Info("command executed", "id", cmd.ID, "name", cmd.Name)
+	}
+	resp.TS = rfc3339(a.now())
+	entry := store.LedgerEntry{ID: cmd.ID, Digest: digest[:], At: a.now()}
+	if _, err := a.store.Respond(rec.Seq, entry, func(uint64) ([]byte, error) { return json.Marshal(resp) }); err != nil {
+		a.log.Error("storing a command response", "id", cmd.ID, "err", err)
+		return
+	}
+	if after != nil {
+		after() // restart, reboot: only once the response is durable
+	}
+}
+
+// respondRaw sends a stored response again.
+func (a *Agent) respondRaw(inboxSeq uint64, prev store.LedgerEntry) {
+	if _, err := a.store.Respond(inboxSeq, prev, func(uint64) ([]byte, error) { return prev.Response, nil }); err != nil {
+		a.log.Error("re-sending a command response", "id", prev.ID, "err", err)
+	}
+	a.log.Info("command already executed: response sent again", "id", prev.ID)
+}
+
+// execute checks target and expiry, then runs the handler. A panic becomes a failed response.
+func (a *Agent) execute(ctx context.Context, cmd *command.Command) (result any, after func(), cerr *commandError) {
+	if cmd.Target != a.cfg.StationID && cmd.Target != "*" {
+		return nil, nil, cmdErr(command.CodeWrongTarget, "command for %q reached station %q", cmd.Target, a.cfg.StationID)
+	}
+	if a.synced() {
+		expired, err := cmd.Expired(a.now())
+		if err != nil {
+			return nil, nil, cmdErr(command.CodeBadRequest, "expires_at: %v", err)
+		}
+		if expired {
+			return nil, nil, cmdErr(command.CodeExpired, "expired at %s", cmd.ExpiresAt)
+		}
+	}
+	h, ok := a.handlers()[cmd.Name]
+	if !ok {
+		return nil, nil, cmdErr(command.CodeUnknownCommand, "no command %q", cmd.Name)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.Error("command handler panicked", "name", cmd.Name, "panic", p, "stack", string(debug.Stack()))
+			result, after, cerr = nil, nil, cmdErr(command.CodeFailed, "internal error in %s", cmd.Name)
+		}
+	}()
+	args := cmd.Args
+	if len(args) == 0 {
+		args = json.RawMessage("{}")
+	}
+	return h(ctx, args)
+}
+
+// handler runs one command. It returns the result, an optional action to run once the response
+// is durable, or an error with its code.
+type handler func(ctx context.Context, args json.RawMessage) (any, func(), *commandError)
+
+// decodeArgs reads a command's args strictly into v.
+func decodeArgs(args json.RawMessage, v any) *commandError {
+	dec := json.NewDecoder(bytesReader(args))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return cmdErr(command.CodeBadRequest, "args: %v", err)
+	}
+	return nil
+}
+
+// ErrRestart is returned by Run when a fleet command asked the agent to restart.
+var ErrRestart = errors.New("agent: restart requested by a fleet command")

@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"sort"
+	"strings"
+	"time"
+
+	"station.dev/agent/agent/command"
+	"station.dev/agent/agent/config"
+	"station.dev/agent/drivers/indicator"
+	"station.dev/agent/store"
+)
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+type noArgs struct{}
+
+func (a *Agent) handlers() map[string]handler {
+	return map[string]handler{
+		"ping":        a.cmdPing,
+		"status":      a.cmdStatus,
+		"queue.stats": a.cmdQueueStats,
+		"config.get":  a.cmdConfigGet,
+		"config.set":  a.cmdConfigSet,
+		"restart":     a.cmdRestart,
+		"reboot":      a.cmdReboot,
+		"selftest":    a.cmdSelftest,
+		"feedback":    a.cmdFeedback,
+		"locate":      a.cmdLocate,
+		"log.level":   a.cmdLogLevel,
+		"logs.tail":   a.cmdLogsTail,
+	}
+}
+
+func (a *Agent) cmdPing(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	return map[string]any{"pong": true, "version": a.version, "boot_id": a.bootID}, nil, nil
+}
+
+func (a *Agent) cmdStatus(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	s := a.status("online", "")
+	s.Indicator = nil
+	return s, nil, nil
+}
+
+func (a *Agent) cmdQueueStats(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	return a.queueStatus(), nil, nil
+}
+
+func (a *Agent) cmdSelftest(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	return a.selfTest(), nil, nil
+}
+
+// overridesKey is where remote configuration (config.set) is kept in the store.
+const overridesKey = "config.overrides"
+
+// remoteForbidden are keys a remote command may not change: they decide where the agent keeps its
+// data and who it is, and a mistake there cannot be undone remotely.
+var remoteForbidden = map[string]bool{"station_id": true, "data_dir": true, "socket": true}
+
+// liveKeys take effect without a restart.
+var liveKeys = map[string]bool{"log_level": true}
+
+func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	b, err := a.cfg.TOML()
+	if err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+	}
+	ov, err := a.loadOverrides()
+	if err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+	}
+	return map[string]any{"toml": string(b), "overrides": ov}, nil, nil
+}
+
+// cmdConfigSet merges a partial configuration (an object in the TOML schema) into the stored
+// overrides, after checking that the result is a valid configuration. An invalid one changes
+// nothing.
+func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	var patch map[string]any
+	if err := json.Unmarshal(args, &patch); err != nil || len(patch) == 0 {
+		return nil, nil, cmdErr(command.CodeBadRequest, "args: want a non-empty object of configuration keys")
+	}
+	for k := range patch {
+		if remoteForbidden[k] {
+			return nil, nil, cmdErr(command.CodeBadRequest, "%s cannot be changed remotely", k)
+		}
+	}
+	ov, err := a.loadOverrides()
+	if err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+	}
+	merged := mergeMaps(ov, patch)
+	if _, err := a.applyOverrides(merged); err != nil {
+		return nil, nil, cmdErr(command.CodeBadRequest, "%v", err)
+	}
+	b, err := json.Marshal(merged)
+	if err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+	}
+	if err := a.store.PutSetting(overridesKey, b); err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "saving: %v", err)
+	}
+	keys := flatKeys("", patch)
+	restart := false
+	for _, k := range keys {
+		if !liveKeys[k] {
+			restart = true
+		}
+	}
+	if lvl, ok := patch["log_level"].(string); ok && a.level != nil {
+		_ = a.level.UnmarshalText([]byte(lvl))
+	}
+	r := a.newRecord(TypeConfigChanged)
+	r.Data = map[string]any{"keys": keys, "restart_required": restart, "source": "fleet"}
+	if _, err := a.appendRecord(r, store.Critical); err != nil {
+		a.log.Error("writing config.changed record", "err", err)
+	}
+	return map[string]any{"applied": keys, "restart_required": restart}, nil, nil
+}
+
+func (a *Agent) loadOverrides() (map[string]any, error) {
+	b, err := a.store.GetSetting(overridesKey)
+	if err != nil || b == nil {
+		return map[string]any{}, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("stored overrides: %w", err)
+	}
+	return m, nil
+}
+
+// applyOverrides returns the configuration the agent was started with, with the fleet's overrides
+// laid over it and the command-line flags over those, checked.
+func (a *Agent) applyOverrides(ov map[string]any) (*config.Config, error) {
+	b, err := a.base.TOML()
+	if err != nil {
+		return nil, err
+	}
+	ovToml, err := config.EncodeTOML(integralFloats(ov))
+	if err != nil {
+		return nil, err
+	}
+	c, err := config.ParseOver(b, ovToml)
+	if err != nil {
+		return nil, err
+	}
+	c.Sim = a.base.Sim
+	if a.flags != nil {
+		a.flags(c)
+	}
+	if err := c.Normalize(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// integralFloats turns JSON numbers that are whole into integers, so that TOML integer keys
+// (window, address) accept them.
+func integralFloats(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, x := range t {
+			out[k] = integralFloats(x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(t))
+		for i, x := range t {
+			out[i] = integralFloats(x)
+		}
+		return out
+	case float64:
+		if t == float64(int64(t)) {
+			return int64(t)
+		}
+	}
+	return v
+}
+
+// mergeMaps lays patch over base, table by table.
+func mergeMaps(base, patch map[string]any) map[string]any {
+	out := make(map[string]any, len(base)+len(patch))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range patch {
+		if pm, ok := v.(map[string]any); ok {
+			if bm, ok := out[k].(map[string]any); ok {
+				out[k] = mergeMaps(bm, pm)
+				continue
+			}
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func flatKeys(prefix string, m map[string]any) []string {
+	var keys []string
+	for k, v := range m {
+		if sub, ok := v.(map[string]any); ok {
+			keys = append(keys, flatKeys(prefix+k+".", sub)...)
+			continue
+		}
+		keys = append(keys, prefix+k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (a *Agent) cmdRestart(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	return map[string]any{"restarting": true}, func() { a.stop(ErrRestart) }, nil
+}
+
+// rebootCommand asks systemd-logind to reboot; the polkit rule installed with the package allows
+// the station user to do so (see systemd/).
+var rebootCommand = []string{"systemctl", "reboot"}
+
+func (a *Agent) cmdReboot(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	if e := decodeArgs(args, &noArgs{}); e != nil {
+		return nil, nil, e
+	}
+	if a.cfg.Sim {
+		return nil, nil, cmdErr(command.CodeFailed, "a simulated station does not reboot its host")
+	}
+	return map[string]any{"rebooting": true}, func() {
+		out, err := exec.Command(rebootCommand[0], rebootCommand[1:]...).CombinedOutput()
+		if err != nil {
+			a.log.Error("reboot failed", "err", err, "output", strings.TrimSpace(string(out)))
+		}
+	}, nil
+}
+
+func (a *Agent) cmdFeedback(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	var req struct {
+		Pattern string `json:"pattern"`
+		Text    string `json:"text"`
+	}
+	if e := decodeArgs(args, &req); e != nil {
+		return nil, nil, e
+	}
+	if _, ok := indicator.DefaultPrograms()[indicator.Pattern(req.Pattern)]; !ok || req.Pattern == string(indicator.Idle) {
+		return nil, nil, cmdErr(command.CodeBadRequest, "pattern %q: want recorded, recorded_offline, refused, error or locate", req.Pattern)
+	}
+	if len(req.Text) > 64 {
+		return nil, nil, cmdErr(command.CodeBadRequest, "text: at most 64 characters")
+	}
+	a.indicate(req.Pattern)
+	if req.Text != "" && a.periph != nil {
+		a.periph.mu.Lock()
+		a.periph.last = req.Text
+		a.periph.mu.Unlock()
+	}
+	return map[string]any{"shown": req.Pattern}, nil, nil
+}
+
+func (a *Agent) cmdLocate(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	req := struct {
+		Seconds int `json:"seconds"`
+	}{Seconds: 60}
+	if e := decodeArgs(args, &req); e != nil {
+		return nil, nil, e
+	}
+	if req.Seconds < 0 || req.Seconds > 3600 {
+		return nil, nil, cmdErr(command.CodeBadRequest, "seconds: 0 (stop) to 3600")
+	}
+	if a.periph == nil {
+		return nil, nil, cmdErr(command.CodeFailed, "no indicator configured")
+	}
+	a.periph.mu.Lock()
+	ind := a.periph.ind
+	a.periph.mu.Unlock()
+	if ind == nil {
+		return nil, nil, cmdErr(command.CodeFailed, "the indicator is down")
+	}
+	var err error
+	if req.Seconds == 0 {
+		err = ind.Clear(indicator.Locate)
+	} else {
+		err = ind.Locate(time.Duration(req.Seconds) * time.Second)
+	}
+	if err != nil {
+		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+	}
+	return map[string]any{"locate_seconds": req.Seconds}, nil, nil
+}
+
+func (a *Agent) cmdLogLevel(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	var req struct {
+		Level string `json:"level"`
+	}
+	if e := decodeArgs(args, &req); e != nil {
+		return nil, nil, e
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(req.Level)); err != nil {
+		return nil, nil, cmdErr(command.CodeBadRequest, "level %q: want debug, info, warn or error", req.Level)
+	}
+	if a.level == nil {
+		return nil, nil, cmdErr(command.CodeFailed, "the log level is fixed in this build")
+	}
+	a.level.Set(l)
+	return map[string]any{"level": strings.ToLower(l.String())}, nil, nil
+}
+
+func (a *Agent) cmdLogsTail(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	req := struct {
+		Lines int `json:"lines"`
+	}{Lines: 100}
+	if e := decodeArgs(args, &req); e != nil {
+		return nil, nil, e
+	}
+	if req.Lines < 1 || req.Lines > 500 {
+		return nil, nil, cmdErr(command.CodeBadRequest, "lines: 1 to 500")
+	}
+	if a.logs == nil {
+		return map[string]any{"lines": []string{}}, nil, nil
+	}
+	return map[string]any{"lines": a.logs.Tail(req.Lines)}, nil, nil
+}
