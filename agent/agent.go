@@ -86,6 +86,19 @@ type Options struct {
 	LogLevel *slog.LevelVar
 	// Logs, when set, serves the logs.tail command.
 	Logs LogTail
+	// Heartbeat, when set, registers a main loop with the service watchdog and returns the
+	// function the loop calls each time it makes progress.
+	Heartbeat func(name string) (beat func())
+	// Status, when set, receives a one-line summary whenever it changes (systemd STATUS=).
+	Status func(line string)
+}
+
+// heartbeat registers a loop with the watchdog; without one it returns a no-op.
+func (a *Agent) heartbeat(name string) func() {
+	if a.heartbeatFn == nil {
+		return func() {}
+	}
+	return a.heartbeatFn(name)
 }
 
 // LogTail returns the last lines logged.
@@ -131,6 +144,10 @@ type Agent struct {
 	stopMu  sync.Mutex
 	stopFn  func()
 	stopErr error
+
+	heartbeatFn func(string) func()
+	statusFn    func(string)
+	readerBeat  func()
 }
 
 type topics struct{ status, events, telemetry, resp, cmd, fleetCmd string }
@@ -167,6 +184,9 @@ func New(opts Options) (*Agent, error) {
 		level:   opts.LogLevel,
 		logs:    opts.Logs,
 		cmdWake: make(chan struct{}, 1),
+
+		heartbeatFn: opts.Heartbeat,
+		statusFn:    opts.Status,
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

@@ -85,7 +85,11 @@ func (a *Agent) onMessage(m mqtt.Message) {
 
 // commandLoop executes stored commands in order.
 func (a *Agent) commandLoop(ctx context.Context) error {
+	beat := a.heartbeat("commands")
+	tick := time.NewTicker(10 * time.Second) // also retries after a store error
+	defer tick.Stop()
 	for {
+		beat()
 		items, err := a.store.Read(store.Inbox, 0, 16)
 		if err != nil {
 			a.log.Error("reading the command inbox", "err", err)
@@ -103,7 +107,7 @@ func (a *Agent) commandLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.cmdWake:
-		case <-time.After(time.Minute): // also retries after a store error
+		case <-tick.C:
 		}
 	}
 }

@@ -23,10 +23,15 @@ import (
 // setupHardware builds the card reader (and, in simulation, the emulated chip) from config.
 // A configured part that is missing does not stop the agent: it is reported down and retried.
 func (a *Agent) setupHardware() error {
+	a.readerBeat = func() {}
 	if a.reader != nil {
 		return nil
 	}
 	cfg := a.cfg
+	if cfg.Reader.Driver != "none" {
+		beat := a.heartbeat("reader")
+		a.readerBeat = beat
+	}
 	switch cfg.Reader.Driver {
 	case "none":
 		return nil
@@ -35,7 +40,7 @@ func (a *Agent) setupHardware() error {
 		if err != nil {
 			return err
 		}
-		a.sim, err = newSimHardware(key, cfg.Card.MinInterval.D(), a.log)
+		a.sim, err = newSimHardware(key, cfg.Card.MinInterval.D(), a.log, a.readerBeat)
 		if err != nil {
 			return err
 		}
@@ -47,7 +52,7 @@ func (a *Agent) setupHardware() error {
 		return err
 	}
 	a.hostInit()
-	a.reader = &hwReader{a: a, key: key}
+	a.reader = &hwReader{a: a, key: key, beat: a.readerBeat}
 	return nil
 }
 
@@ -94,11 +99,13 @@ func (a *Agent) cardKey() ([]byte, error) {
 
 // pn532Chip adapts the PN532 driver to the card reader's Chip interface.
 type pn532Chip struct {
-	dev *pn532.Dev
-	tg  byte
+	dev  *pn532.Dev
+	tg   byte
+	beat func() // each poll is progress of the reader loop, for the watchdog
 }
 
 func (c *pn532Chip) Detect(ctx context.Context) (*cardreader.Target, error) {
+	c.beat()
 	t, err := c.dev.InListPassiveTarget(ctx)
 	if err != nil || t == nil {
 		return nil, err
@@ -120,8 +127,9 @@ func (c *pn532Chip) Release(ctx context.Context) error { return c.dev.InRelease(
 // hwReader opens the configured PN532 on first use and again after it was lost, so a reader
 // missing at boot is reported down and picked up once it answers.
 type hwReader struct {
-	a   *Agent
-	key []byte
+	a    *Agent
+	key  []byte
+	beat func()
 
 	mu      sync.Mutex
 	bus     i2c.BusCloser
@@ -166,7 +174,7 @@ func (h *hwReader) open() error {
 	default:
 		return fmt.Errorf("reader: bus %s is not supported yet", cfg.Bus)
 	}
-	r, err := cardreader.New(&pn532Chip{dev: h.dev}, &cardreader.Opts{
+	r, err := cardreader.New(&pn532Chip{dev: h.dev, beat: h.beat}, &cardreader.Opts{
 		Key: h.key, MinInterval: h.a.cfg.Card.MinInterval.D(), PollInterval: cfg.PollInterval.D(),
 		Logger: h.a.log.With("component", "cardreader"),
 	})

@@ -175,8 +175,10 @@ func (a *Agent) readerLoop(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	backoff := newBackoff(100*time.Millisecond, 30*time.Second)
+	// At most 10s between attempts: every attempt is progress for the watchdog, which allows 30s.
+	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
 	for {
+		a.readerBeat()
 		p, err := a.reader.Next(ctx)
 		if ctx.Err() != nil {
 			return nil

@@ -39,7 +39,7 @@ func (r *simReader) Health() ComponentHealth { return pn532Health(r.dev.Health()
 // tapTimeout bounds one presentation, from placing the card to its record being durable.
 const tapTimeout = 10 * time.Second
 
-func newSimHardware(key []byte, minInterval time.Duration, log *slog.Logger) (*simHardware, error) {
+func newSimHardware(key []byte, minInterval time.Duration, log *slog.Logger, beat func()) (*simHardware, error) {
 	chip := pn532sim.New(nil)
 	opts := pn532.DefaultOpts
 	opts.IRQ = chip.IRQ()
@@ -48,7 +48,7 @@ func newSimHardware(key []byte, minInterval time.Duration, log *slog.Logger) (*s
 	if err != nil {
 		return nil, fmt.Errorf("agent: emulated reader: %w", err)
 	}
-	r, err := cardreader.New(&pn532Chip{dev: dev}, &cardreader.Opts{
+	r, err := cardreader.New(&pn532Chip{dev: dev, beat: beat}, &cardreader.Opts{
 		Key: key, MinInterval: minInterval, Logger: log.With("component", "cardreader"),
 	})
 	if err != nil {

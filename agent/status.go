@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -179,7 +180,9 @@ func (a *Agent) statusKey() string {
 func (a *Agent) statusLoop(ctx context.Context) error {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	beat := a.heartbeat("status")
 	last := a.statusKey()
+	lastLine := ""
 	lastCompact := time.Now()
 	clock := newClockWatch(a.now(), time.Since(a.start))
 	for {
@@ -191,9 +194,14 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 		if jump, from, to := clock.observe(a.now(), time.Since(a.start)); jump != 0 {
 			a.clockJumped(jump, from, to)
 		}
+		beat()
 		if k := a.statusKey(); k != last {
 			last = k
 			a.link.UpdateStatus()
+		}
+		if line := a.statusLine(); line != lastLine && a.statusFn != nil {
+			lastLine = line
+			a.statusFn(line)
 		}
 		if time.Since(lastCompact) > time.Hour {
 			lastCompact = time.Now()
@@ -241,6 +249,20 @@ func (a *Agent) clockJumped(jump time.Duration, expected, actual time.Time) {
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing clock.jump record", "err", err)
 	}
+}
+
+// statusLine is the one-line summary for systemd's STATUS=.
+func (a *Agent) statusLine() string {
+	link := "offline"
+	if a.link.Stats().Connected {
+		link = "online"
+	}
+	q := a.queueStatus()
+	line := fmt.Sprintf("%s, %d waiting, reader %s", link, q.Depth, a.readerHealth().State)
+	if q.Full {
+		line += ", STORE FULL"
+	}
+	return line
 }
 
 // Telemetry is the heartbeat published on the telemetry topic.

@@ -79,7 +79,8 @@ func (s *syncBuffer) String() string {
 type agentSpec struct {
 	dataDir, socket, id, broker, prefix string
 	extra                               []string
-	extraTOML                           string // appended to the config file
+	extraTOML                           string   // appended to the config file
+	env                                 []string // added to the environment
 }
 
 // startAgent starts the agent and waits until it logs that it runs (store open, socket listening).
@@ -94,6 +95,7 @@ func startAgent(t *testing.T, s agentSpec) *agentProc {
 	args = append(args, "--config", cfg)
 	args = append(args, s.extra...)
 	cmd := stationCommand(args...)
+	cmd.Env = append(os.Environ(), s.env...)
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	if err := cmd.Start(); err != nil {
@@ -563,6 +565,34 @@ func waitType(t *testing.T, sub *brokertest.Subscriber, typ string) map[string]a
 			}
 		case <-deadline:
 			t.Fatalf("no %s record within 30s", typ)
+		}
+	}
+}
+
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s := newSpec(t, brokertest.URL(t))
+	s.env = []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=2000000"}
+	startAgent(t, s)
+	seen := map[string]bool{}
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for !(seen["READY=1"] && seen["WATCHDOG=1"] && seen["STATUS"]) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("notifications seen %v: %v", seen, err)
+		}
+		for _, l := range strings.Split(string(buf[:n]), "\n") {
+			if strings.HasPrefix(l, "STATUS=") && strings.Contains(l, "waiting") {
+				seen["STATUS"] = true
+			}
+			seen[l] = true
 		}
 	}
 }

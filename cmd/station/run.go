@@ -13,6 +13,7 @@ import (
 
 	"station.dev/agent/agent"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/systemd"
 )
 
 // runFlags are the flags of `station run`; they override the config file.
@@ -95,17 +96,42 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// systemd: READY once the store is open and the socket listens, STATUS lines, and watchdog
+	// pings only while every main loop makes progress. All no-ops outside systemd.
+	notifier, err := systemd.NewNotifier()
+	if err != nil {
+		logger.Warn("systemd notify socket", "err", err)
+	}
+	interval, err := systemd.WatchdogInterval()
+	if err != nil {
+		logger.Warn("systemd watchdog", "err", err)
+	}
+	wd := systemd.NewWatchdog(notifier, &systemd.WatchdogOptions{
+		Interval: interval,
+		OnStuck: func(stuck []string) {
+			if stuck != nil {
+				logger.Error("main loop stuck: watchdog pings stopped, systemd will restart the agent", "loops", stuck)
+			}
+		},
+		OnError: func(err error) { logger.Warn("systemd watchdog ping", "err", err) },
+	})
+	go func() { _ = wd.Run(ctx) }()
+
 	a, err := agent.New(agent.Options{
-		Config:   cfg,
-		Logger:   logger,
-		Version:  version,
-		Flags:    f.apply,
-		LogLevel: level,
-		Logs:     ring,
+		Config:    cfg,
+		Logger:    logger,
+		Version:   version,
+		Flags:     f.apply,
+		LogLevel:  level,
+		Logs:      ring,
+		Heartbeat: func(name string) func() { return wd.Register(name).Beat },
+		Status:    func(line string) { _ = notifier.Status(line) },
+		OnReady:   func() { _ = notifier.Ready() },
 	})
 	if err != nil {
 		return err
 	}
+	defer func() { _ = notifier.Stopping() }()
 	if err := a.Run(ctx); errors.Is(err, agent.ErrRestart) {
 		logger.Info("station agent stopping for a restart")
 		return errRestart
