@@ -287,6 +287,7 @@ func New(opts Options) (*Agent, error) {
 			{Name: string(store.Telemetry), Topic: a.topics.telemetry, QoS: 1},
 		},
 		Subscriptions: []string{a.topics.cmd, a.topics.fleetCmd},
+		Progress:      a.heartbeat("link"),
 		OnMessage:     a.onMessage,
 		Logger:        a.log.With("component", "mqtt"),
 	}, outbox{a.store})

@@ -6,16 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 
-	"periph.io/x/conn/v3/gpio"
-	"periph.io/x/conn/v3/gpio/gpioreg"
-	"periph.io/x/conn/v3/i2c"
-	"periph.io/x/conn/v3/i2c/i2creg"
-	"periph.io/x/host/v3"
-
+	"station.dev/agent/drivers"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/drivers/pn532"
 )
@@ -56,16 +52,12 @@ func (a *Agent) setupHardware() error {
 	return nil
 }
 
-var hostOnce sync.Once
-
 // hostInit loads periph's host drivers (GPIO, I2C, SPI) once. A failure is logged: each part then
 // fails to open with its own reason and is retried.
 func (a *Agent) hostInit() {
-	hostOnce.Do(func() {
-		if _, err := host.Init(); err != nil {
-			a.log.Warn("periph host init", "err", err)
-		}
-	})
+	if err := drivers.HostInit(); err != nil {
+		a.log.Warn("periph host init", "err", err)
+	}
 }
 
 // devCardKey is the card token key used in simulation when none is configured. Tokens made with
@@ -132,7 +124,7 @@ type hwReader struct {
 	beat func()
 
 	mu      sync.Mutex
-	bus     i2c.BusCloser
+	bus     io.Closer
 	dev     *pn532.Dev
 	r       *cardreader.Reader
 	lastErr string
@@ -142,38 +134,14 @@ func (h *hwReader) open() error {
 	cfg := h.a.cfg.Reader
 	opts := pn532.DefaultOpts
 	opts.Logger = h.a.log.With("component", "pn532")
-	if cfg.IRQPin != "" {
-		p := gpioreg.ByName(cfg.IRQPin)
-		if p == nil {
-			return fmt.Errorf("reader.irq_pin %s not found", cfg.IRQPin)
-		}
-		if err := p.In(gpio.PullUp, gpio.FallingEdge); err != nil {
-			return fmt.Errorf("reader.irq_pin %s: %w", cfg.IRQPin, err)
-		}
-		opts.IRQ = p
+	dev, bus, err := pn532.Open(pn532.Conn{
+		Bus: cfg.Bus, Device: cfg.Device, Address: uint16(cfg.Address),
+		IRQPin: cfg.IRQPin, ResetPin: cfg.ResetPin,
+	}, opts)
+	if err != nil {
+		return err
 	}
-	if cfg.ResetPin != "" {
-		p := gpioreg.ByName(cfg.ResetPin)
-		if p == nil {
-			return fmt.Errorf("reader.reset_pin %s not found", cfg.ResetPin)
-		}
-		opts.Reset = p
-	}
-	switch cfg.Bus {
-	case "i2c":
-		bus, err := i2creg.Open(cfg.Device)
-		if err != nil {
-			return fmt.Errorf("reader: I2C bus %q: %w", cfg.Device, err)
-		}
-		dev, err := pn532.NewI2C(bus, uint16(cfg.Address), &opts)
-		if err != nil {
-			bus.Close()
-			return err
-		}
-		h.bus, h.dev = bus, dev
-	default:
-		return fmt.Errorf("reader: bus %s is not supported yet", cfg.Bus)
-	}
+	h.bus, h.dev = bus, dev
 	r, err := cardreader.New(&pn532Chip{dev: h.dev, beat: h.beat}, &cardreader.Opts{
 		Key: h.key, MinInterval: h.a.cfg.Card.MinInterval.D(), PollInterval: cfg.PollInterval.D(),
 		Logger: h.a.log.With("component", "cardreader"),

@@ -110,6 +110,11 @@ type Config struct {
 	// Rand is the jitter source, returning values in [0,1); nil means
 	// math/rand/v2.
 	Rand func() float64
+
+	// Progress, if set, is called each time the link's loop turns and at least every
+	// ProgressInterval while it waits (for the broker, or before reconnecting), so a service
+	// watchdog can tell a working link from a stuck one. It must not block.
+	Progress func()
 }
 
 // broker is a validated broker address.
@@ -120,6 +125,7 @@ type broker struct {
 	tls      bool
 }
 
+// String returns the broker URL (scheme, host and port only).
 func (b broker) String() string { return b.url.String() }
 
 // parseBroker validates a broker URL and fills in the default port.

@@ -58,7 +58,7 @@ type streamState struct {
 // that the drain notices a lost connection at once.
 type drain struct {
 	l      *Link
-	s      *session
+	s      *connState
 	dels   *deleter
 	window int
 
@@ -86,7 +86,7 @@ type drain struct {
 	readFails  int
 }
 
-func newDrain(l *Link, c paho.Client, s *session, dels *deleter) *drain {
+func newDrain(l *Link, c paho.Client, s *connState, dels *deleter) *drain {
 	// Everything in fifo without a token is in ops or toks: at most the
 	// window plus one status, the SUBSCRIBE and the shutdown status. So
 	// neither channel ever blocks its sender.
@@ -132,7 +132,7 @@ func publisher(c paho.Client, ops <-chan op, toks chan<- paho.Token, wg *sync.Wa
 // run serves the connection: status, subscriptions, then the outbox until
 // the connection is lost or broken (error) or ctx is cancelled (clean
 // shutdown, nil). c is used for the final Disconnect only.
-func (d *drain) run(ctx context.Context, c paho.Client) (err error) {
+func (d *drain) run(ctx context.Context, c paho.Client) error {
 	defer func() {
 		close(d.ops)
 		d.ackTimer.Stop()
@@ -164,15 +164,26 @@ func (d *drain) run(ctx context.Context, c paho.Client) (err error) {
 		d.issue(flight{kind: kindSubscribe}, op{filters: filters})
 	}
 
+	progress := time.NewTicker(ProgressInterval)
+	defer progress.Stop()
 	for {
+		d.l.progress()
 		changed := d.l.out.Changed()
 		d.fill()
+		d.takeTokens()
+		// Tokens are waited for only when the head has none: otherwise
+		// they are taken along at the next wake-up, which saves one
+		// wake-up per publish.
+		var toks <-chan paho.Token
+		if d.issued == 0 && d.fifo.len() > 0 {
+			toks = d.toks
+		}
 		select {
 		case <-ctx.Done():
 			return d.shutdown(c)
 		case <-d.s.lost:
 			return d.s.err()
-		case tok := <-d.toks:
+		case tok := <-toks:
 			d.fifo.at(d.issued).tok = tok
 			d.issued++
 		case <-d.ackedDone():
@@ -198,24 +209,35 @@ func (d *drain) run(ctx context.Context, c paho.Client) (err error) {
 			for i := range d.streams {
 				d.streams[i].exhausted = false
 			}
+		case <-progress.C:
 		}
 	}
 }
 
-// ackedDone returns the Done channel of the flight whose completion the
-// drain waits for: with a full window, the one a quarter of the window
-// from the head, so that one wake-up collects a batch of acknowledgements
-// (brokers acknowledge in order); otherwise the newest issued one. Nil if
-// nothing is issued.
+// takeTokens takes the tokens the publisher has returned so far.
+func (d *drain) takeTokens() {
+	for d.issued < d.fifo.len() {
+		select {
+		case tok := <-d.toks:
+			d.fifo.at(d.issued).tok = tok
+			d.issued++
+		default:
+			return
+		}
+	}
+}
+
+// ackedDone returns the Done channel of the oldest issued flight, nil if
+// none. The drain wakes for every acknowledgement and refills the window
+// at once. (Waking once per batch of acknowledgements costs less CPU but
+// stalls against brokers that leave Nagle's algorithm on, as Mosquitto
+// does by default: while the link sends nothing its TCP ACKs are delayed,
+// and the broker holds its PUBACKs back until they come.)
 func (d *drain) ackedDone() <-chan struct{} {
 	if d.issued == 0 {
 		return nil
 	}
-	k := min(d.issued, max(1, d.window/4))
-	if d.items < d.window-d.window/4 {
-		k = 1 // the window has room: refill as soon as anything completes
-	}
-	return d.fifo.at(k - 1).tok.Done()
+	return d.fifo.front().tok.Done()
 }
 
 // issue appends a flight to the FIFO and hands its operation to the
@@ -342,6 +364,7 @@ func (d *drain) publish(i int) {
 // an error only on Disconnect), and a token it could not send fails.
 func (d *drain) collect() error {
 	defer d.l.inflight.Store(int64(d.items))
+	d.takeTokens()
 	for d.issued > 0 {
 		f := d.fifo.front()
 		select {

@@ -93,8 +93,6 @@ type Link struct {
 	statusReq chan struct{}  // coalesced UpdateStatus requests
 	pubs      sync.WaitGroup // publisher goroutines, one per connection
 
-	connects  atomic.Uint64
-	failures  atomic.Uint64
 	published atomic.Uint64
 	acked     atomic.Uint64
 	inflight  atomic.Int64
@@ -104,6 +102,8 @@ type Link struct {
 	connected bool
 	since     time.Time
 	lastErr   string
+	connects  uint64
+	failures  uint64
 	changed   chan struct{} // closed and replaced on every state change
 }
 
@@ -172,12 +172,36 @@ func (l *Link) Run(ctx context.Context) error {
 		if failures < 62 {
 			failures++
 		}
-		t := time.NewTimer(wait)
+		if !l.sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// ProgressInterval is the longest the link waits without calling Config.Progress.
+const ProgressInterval = 5 * time.Second
+
+// progress reports that the link's loop is alive.
+func (l *Link) progress() {
+	if l.cfg.Progress != nil {
+		l.cfg.Progress()
+	}
+}
+
+// sleep waits d, reporting progress meanwhile; false if ctx ended first.
+func (l *Link) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	tick := time.NewTicker(ProgressInterval)
+	defer tick.Stop()
+	for {
+		l.progress()
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil
+			return false
 		case <-t.C:
+			return true
+		case <-tick.C:
 		}
 	}
 }
@@ -213,7 +237,7 @@ func (l *Link) connect1(ctx context.Context, dels *deleter) (time.Duration, erro
 			return 0, err
 		}
 	}
-	s := &session{lost: make(chan struct{})}
+	s := &connState{lost: make(chan struct{})}
 	c := paho.NewClient(l.clientOptions(ctx, s, tlsCfg))
 
 	// The connect token completes within ConnectTimeout (dial, handshake
@@ -232,7 +256,6 @@ func (l *Link) connect1(ctx context.Context, dels *deleter) (time.Duration, erro
 	}
 
 	start := time.Now()
-	l.connects.Add(1)
 	l.setConnected(c)
 	l.log.Info("mqtt: connected", "broker", l.broker.String(), "client_id", l.cfg.ClientID,
 		"session_present", tok.(*paho.ConnectToken).SessionPresent())
@@ -250,7 +273,7 @@ func (l *Link) connect1(ctx context.Context, dels *deleter) (time.Duration, erro
 }
 
 // clientOptions returns the paho options for one connection.
-func (l *Link) clientOptions(ctx context.Context, s *session, tlsCfg *tls.Config) *paho.ClientOptions {
+func (l *Link) clientOptions(ctx context.Context, s *connState, tlsCfg *tls.Config) *paho.ClientOptions {
 	o := paho.NewClientOptions()
 	o.AddBroker(l.broker.url.String())
 	o.SetClientID(l.cfg.ClientID)
@@ -285,7 +308,7 @@ func (l *Link) clientOptions(ctx context.Context, s *session, tlsCfg *tls.Config
 }
 
 // dial opens the network connection (TCP, then TLS if configured).
-func (l *Link) dial(ctx context.Context, s *session, tlsCfg *tls.Config) (net.Conn, error) {
+func (l *Link) dial(ctx context.Context, s *connState, tlsCfg *tls.Config) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.ConnectTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -358,10 +381,9 @@ func (l *Link) PublishNow(topic string, payload []byte) bool {
 // Stats returns a snapshot of the link's state.
 func (l *Link) Stats() Stats {
 	l.mu.Lock()
-	st := Stats{Connected: l.connected, Since: l.since, LastError: l.lastErr}
+	st := Stats{Connected: l.connected, Since: l.since, LastError: l.lastErr,
+		Connects: l.connects, Failures: l.failures}
 	l.mu.Unlock()
-	st.Connects = l.connects.Load()
-	st.Failures = l.failures.Load()
 	st.InFlight = int(l.inflight.Load())
 	st.Published = l.published.Load()
 	st.Acked = l.acked.Load()
@@ -386,6 +408,7 @@ func (l *Link) notifyLocked() {
 func (l *Link) setConnected(c paho.Client) {
 	l.mu.Lock()
 	l.client, l.connected, l.since = c, true, time.Now()
+	l.connects++
 	l.notifyLocked()
 	l.mu.Unlock()
 }
@@ -407,8 +430,11 @@ func (l *Link) setLastError(err error) {
 
 // noteFailure records a failed connect attempt or a lost connection.
 func (l *Link) noteFailure(err error, wasUp bool, streak int, wait time.Duration) {
-	l.failures.Add(1)
-	l.setLastError(err)
+	l.mu.Lock()
+	l.failures++
+	l.lastErr = err.Error()
+	l.notifyLocked()
+	l.mu.Unlock()
 	switch {
 	case wasUp:
 		l.log.Warn("mqtt: connection lost", "broker", l.broker.String(), "err", err, "retry_in", wait)
@@ -420,8 +446,8 @@ func (l *Link) noteFailure(err error, wasUp bool, streak int, wait time.Duration
 	}
 }
 
-// session is the state of one connection shared with paho's callbacks.
-type session struct {
+// connState is the state of one connection shared with paho's callbacks.
+type connState struct {
 	lost     chan struct{} // closed when paho reports the connection lost
 	lostOnce sync.Once
 
@@ -431,7 +457,7 @@ type session struct {
 	killed  bool
 }
 
-func (s *session) setLost(err error) {
+func (s *connState) setLost(err error) {
 	s.lostOnce.Do(func() {
 		if err == nil {
 			err = errors.New("connection lost")
@@ -444,15 +470,15 @@ func (s *session) setLost(err error) {
 }
 
 // err returns why the connection was lost.
-func (s *session) err() error {
+func (s *connState) err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return fmt.Errorf("mqtt: connection lost: %w", s.lostErr)
 }
 
-// setConn records the dialled connection; false if the session was
-// already killed.
-func (s *session) setConn(c *killConn) bool {
+// setConn records the dialled connection; false if it was already
+// killed.
+func (s *connState) setConn(c *killConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.killed {
@@ -464,7 +490,7 @@ func (s *session) setConn(c *killConn) bool {
 
 // kill closes the connection's socket abruptly (the broker publishes the
 // last will). paho then reports the connection lost.
-func (s *session) kill() {
+func (s *connState) kill() {
 	s.mu.Lock()
 	s.killed = true
 	c := s.conn
@@ -475,7 +501,7 @@ func (s *session) kill() {
 }
 
 // awaitLost waits, at most d, for paho to report the connection lost.
-func (s *session) awaitLost(d time.Duration) {
+func (s *connState) awaitLost(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -502,6 +528,7 @@ func (c *killConn) kill() {
 	c.raw.Close() // not a TLS close_notify: the peer may not be reading
 }
 
+// Read reads from the connection; after kill it fails with errKilled.
 func (c *killConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if err != nil && c.killed.Load() {
@@ -510,6 +537,7 @@ func (c *killConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// Write writes to the connection; after kill it fails with errKilled.
 func (c *killConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if err != nil && c.killed.Load() {

@@ -569,3 +569,32 @@ func ExampleLink() {
 	_ = l // go l.Run(ctx)
 	// Output: <nil>
 }
+
+func TestProgressReportedWhileRetryingAndConnected(t *testing.T) {
+	e := newEnv(t)
+	e.proxy.SetDown(true)
+	beats := make(chan struct{}, 1000)
+	cfg := e.config()
+	cfg.Progress = func() {
+		select {
+		case beats <- struct{}{}:
+		default:
+		}
+	}
+	run(t, cfg, e.out)
+	for i := 0; i < 3; i++ { // one per connect attempt while the broker is down
+		select {
+		case <-beats:
+		case <-time.After(mqtttest.Timeout):
+			t.Fatalf("no progress while retrying (%d beats)", i)
+		}
+	}
+	e.proxy.SetDown(false)
+	e.add(events, 10)
+	e.out.WaitEmpty(t)
+	select {
+	case <-beats:
+	case <-time.After(mqtttest.Timeout):
+		t.Fatal("no progress while connected")
+	}
+}

@@ -1,30 +1,26 @@
 //go:build linux
 
-package pn532_test
+package pn532
 
 import (
-	"context"
 	"fmt"
-	"log"
 	"os"
 
 	"golang.org/x/sys/unix"
-
-	"station.dev/agent/drivers/pn532"
 )
 
-// openSerial opens a serial port for the PN532's HSU (115200 baud, 8N1, raw,
+// OpenSerial opens a serial port for the PN532's HSU (115200 baud, 8N1, raw,
 // no flow control) without cgo. Opened non-blocking, the *os.File is pollable,
 // so the driver can bound its reads with SetReadDeadline.
-func openSerial(path string) (*os.File, error) {
+func OpenSerial(path string) (*os.File, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, fmt.Errorf("pn532: open %s: %w", path, err)
 	}
 	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("%s is not a serial port: %w", path, err)
+		return nil, fmt.Errorf("pn532: %s is not a serial port: %w", path, err)
 	}
 	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON | unix.IXOFF | unix.IXANY
 	t.Oflag &^= unix.OPOST
@@ -35,24 +31,7 @@ func openSerial(path string) (*os.File, error) {
 	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 0, 1
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, t); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("configuring %s: %w", path, err)
+		return nil, fmt.Errorf("pn532: configuring %s: %w", path, err)
 	}
 	return os.NewFile(uintptr(fd), path), nil
-}
-
-// A PN532 breakout in HSU mode on the Raspberry Pi's UART. Not run: it needs
-// the hardware.
-func ExampleNewUART() {
-	port, err := openSerial("/dev/serial0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer port.Close()
-	dev, err := pn532.NewUART(port, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer dev.Halt()
-	tg, err := dev.InListPassiveTarget(context.Background())
-	fmt.Println(tg, err)
 }
