@@ -1,4 +1,4 @@
-// Package mqtttest holds helpers for the broker link's tests: a broker
+// Package mqtttest is test support for the broker link: a broker
 // (embedded, or the one named by STATION_TEST_MQTT_URL), a TCP proxy that
 // sees MQTT packets and can drop them or cut connections, an in-memory
 // Outbox, and small paho clients for observing the broker.
