@@ -18,6 +18,8 @@ import (
 
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
+
+	"station.dev/agent/drivers/internal/clock"
 )
 
 // Defaults for Config.
@@ -43,26 +45,10 @@ var ErrPinNotFound = errors.New("not found")
 
 // Clock is the time source of a Door and of a SimSwitch. Tests inject a fake
 // one.
-type Clock interface {
-	Now() time.Time
-	NewTimer(d time.Duration) Timer
-}
+type Clock = clock.Clock
 
 // Timer is a timer made by a Clock, like time.Timer.
-type Timer interface {
-	C() <-chan time.Time
-	Stop() bool
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                 { return time.Now() }
-func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
-
-type realTimer struct{ t *time.Timer }
-
-func (r realTimer) C() <-chan time.Time { return r.t.C }
-func (r realTimer) Stop() bool          { return r.t.Stop() }
+type Timer = clock.Timer
 
 // Event is a debounced change of the door.
 type Event struct {
@@ -158,7 +144,7 @@ func New(cfg Config) (*Door, error) {
 		return nil, errors.New("door: negative debounce or poll interval")
 	}
 	if d.clk == nil {
-		d.clk = realClock{}
+		d.clk = clock.System
 	}
 	pull := cfg.Pull
 	if pull == gpio.PullNoChange {

@@ -32,13 +32,13 @@ func newRig(t *testing.T, sc SimSwitchConfig, cfg Config) *rig {
 	x.d = d
 	t.Cleanup(func() { _ = d.Halt() })
 	// The watcher waits for the first time.
-	clk.waitCreated(t, 1)
+	clk.WaitCreated(t, 1)
 	return x
 }
 
 // at returns the fake time off after the start.
 func (x *rig) at(off time.Duration) time.Time {
-	return x.clk.start.Add(off)
+	return x.clk.Start().Add(off)
 }
 
 // set moves the switch; with edge detection the watcher wakes and the call
@@ -49,7 +49,7 @@ func (x *rig) set(t *testing.T, open bool) {
 		x.sw.Set(open)
 		return
 	}
-	x.clk.do(t, func() { x.sw.Set(open) })
+	x.clk.Do(t, func() { x.sw.Set(open) })
 }
 
 func (x *rig) wantEvent(t *testing.T, want Event) {
@@ -84,29 +84,29 @@ func TestStableChangeGivesOneEvent(t *testing.T) {
 	if s := x.d.State(); s.Open || !s.At.Equal(x.at(0)) {
 		t.Fatalf("initial state %+v", s)
 	}
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.set(t, true)
-	x.clk.advanceTo(t, 1049*time.Millisecond)
+	x.clk.AdvanceTo(t, 1049*time.Millisecond)
 	x.wantNoEvent(t)
-	x.clk.advanceTo(t, 1050*time.Millisecond)
+	x.clk.AdvanceTo(t, 1050*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(time.Second)})
-	x.clk.advanceTo(t, 3*time.Second)
+	x.clk.AdvanceTo(t, 3*time.Second)
 	x.wantNoEvent(t)
 
 	x.set(t, false)
-	x.clk.advanceTo(t, 3050*time.Millisecond)
+	x.clk.AdvanceTo(t, 3050*time.Millisecond)
 	x.wantEvent(t, Event{Open: false, At: x.at(3 * time.Second)})
-	x.clk.advanceTo(t, 4*time.Second)
+	x.clk.AdvanceTo(t, 4*time.Second)
 	x.wantNoEvent(t)
 }
 
 func TestBounceShorterThanDebounceGivesNoEvent(t *testing.T) {
 	x := newRig(t, SimSwitchConfig{}, Config{})
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.set(t, true)
-	x.clk.advanceTo(t, 1040*time.Millisecond)
+	x.clk.AdvanceTo(t, 1040*time.Millisecond)
 	x.set(t, false)
-	x.clk.advanceTo(t, 3*time.Second)
+	x.clk.AdvanceTo(t, 3*time.Second)
 	x.wantNoEvent(t)
 	if s := x.d.State(); s.Open || !s.At.Equal(x.at(0)) {
 		t.Fatalf("state %+v", s)
@@ -115,19 +115,19 @@ func TestBounceShorterThanDebounceGivesNoEvent(t *testing.T) {
 
 func TestChatterThenStableGivesOneEvent(t *testing.T) {
 	x := newRig(t, SimSwitchConfig{}, Config{})
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	// Nine changes 10 ms apart: the contacts chatter, then stay open.
 	open := false
 	for i := 0; i < 9; i++ {
-		x.clk.advanceTo(t, time.Second+time.Duration(i)*10*time.Millisecond)
+		x.clk.AdvanceTo(t, time.Second+time.Duration(i)*10*time.Millisecond)
 		open = !open
 		x.set(t, open)
 	}
-	x.clk.advanceTo(t, 1129*time.Millisecond)
+	x.clk.AdvanceTo(t, 1129*time.Millisecond)
 	x.wantNoEvent(t)
-	x.clk.advanceTo(t, 1130*time.Millisecond)
+	x.clk.AdvanceTo(t, 1130*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(1080 * time.Millisecond)})
-	x.clk.advanceTo(t, 2*time.Second)
+	x.clk.AdvanceTo(t, 2*time.Second)
 	x.wantNoEvent(t)
 }
 
@@ -136,14 +136,14 @@ func TestCustomDebounce(t *testing.T) {
 	if !x.d.State().Open {
 		t.Fatal("initial state closed")
 	}
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.set(t, false)
-	x.clk.advanceTo(t, 1150*time.Millisecond)
+	x.clk.AdvanceTo(t, 1150*time.Millisecond)
 	x.set(t, true)
 	x.set(t, false)
-	x.clk.advanceTo(t, 1349*time.Millisecond)
+	x.clk.AdvanceTo(t, 1349*time.Millisecond)
 	x.wantNoEvent(t)
-	x.clk.advanceTo(t, 1350*time.Millisecond)
+	x.clk.AdvanceTo(t, 1350*time.Millisecond)
 	x.wantEvent(t, Event{Open: false, At: x.at(1150 * time.Millisecond)})
 }
 
@@ -158,20 +158,20 @@ func TestPollingFallback(t *testing.T) {
 	if got := x.d.String(); got != "door{SIM_DOOR polling 20ms}" {
 		t.Fatalf("String() = %q", got)
 	}
-	x.clk.advanceTo(t, 1005*time.Millisecond)
+	x.clk.AdvanceTo(t, 1005*time.Millisecond)
 	x.set(t, true)
 	// Seen at the poll of 1.02 s; it must hold until 1.07 s.
-	x.clk.advanceTo(t, 1069*time.Millisecond)
+	x.clk.AdvanceTo(t, 1069*time.Millisecond)
 	x.wantNoEvent(t)
-	x.clk.advanceTo(t, 1070*time.Millisecond)
+	x.clk.AdvanceTo(t, 1070*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(1020 * time.Millisecond)})
 
 	// A bounce seen by one poll only is ignored.
-	x.clk.advanceTo(t, 2005*time.Millisecond)
+	x.clk.AdvanceTo(t, 2005*time.Millisecond)
 	x.set(t, false)
-	x.clk.advanceTo(t, 2025*time.Millisecond)
+	x.clk.AdvanceTo(t, 2025*time.Millisecond)
 	x.set(t, true)
-	x.clk.advanceTo(t, 3*time.Second)
+	x.clk.AdvanceTo(t, 3*time.Second)
 	x.wantNoEvent(t)
 	if !x.d.State().Open {
 		t.Fatal("state closed after a bounce")
@@ -183,9 +183,9 @@ func TestForcedPolling(t *testing.T) {
 	if !x.d.Polling() {
 		t.Fatal("not polling")
 	}
-	x.clk.advanceTo(t, 995*time.Millisecond)
+	x.clk.AdvanceTo(t, 995*time.Millisecond)
 	x.set(t, true)
-	x.clk.advanceTo(t, 1050*time.Millisecond)
+	x.clk.AdvanceTo(t, 1050*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(time.Second)})
 }
 
@@ -201,7 +201,7 @@ func TestOpenLow(t *testing.T) {
 	if x.sw.Read() != gpio.Low {
 		t.Fatal("open door should read Low")
 	}
-	x.clk.advanceTo(t, 50*time.Millisecond)
+	x.clk.AdvanceTo(t, 50*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(0)})
 }
 
@@ -216,20 +216,20 @@ func TestDefaultPullUp(t *testing.T) {
 // edge was lost.
 func TestMissedEdgeIsCaught(t *testing.T) {
 	x := newRig(t, SimSwitchConfig{}, Config{})
-	x.clk.advanceTo(t, 1100*time.Millisecond)
+	x.clk.AdvanceTo(t, 1100*time.Millisecond)
 	x.sw.mu.Lock()
 	x.sw.open = true // no edge
 	x.sw.mu.Unlock()
-	x.clk.advanceTo(t, 1299*time.Millisecond)
+	x.clk.AdvanceTo(t, 1299*time.Millisecond)
 	x.wantNoEvent(t)
-	x.clk.advanceTo(t, 1300*time.Millisecond)
+	x.clk.AdvanceTo(t, 1300*time.Millisecond)
 	x.wantEvent(t, Event{Open: true, At: x.at(1250 * time.Millisecond)})
 }
 
 func TestHaltClosesEvents(t *testing.T) {
 	x := newRig(t, SimSwitchConfig{}, Config{})
 	x.set(t, true)
-	x.clk.advanceTo(t, 50*time.Millisecond)
+	x.clk.AdvanceTo(t, 50*time.Millisecond)
 	// Halt interrupts the wait for an edge: no time needs to pass.
 	if err := x.d.Halt(); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/physic"
 	"periph.io/x/conn/v3/pin"
+
+	"station.dev/agent/drivers/internal/clock"
 )
 
 // SimSwitchConfig configures a SimSwitch.
@@ -53,7 +55,7 @@ func NewSimSwitch(cfg SimSwitchConfig) *SimSwitch {
 		halt:     make(chan struct{}, 1),
 	}
 	if s.clk == nil {
-		s.clk = realClock{}
+		s.clk = clock.System
 	}
 	return s
 }

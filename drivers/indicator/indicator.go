@@ -24,6 +24,8 @@ import (
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/conn/v3/physic"
+
+	"station.dev/agent/drivers/internal/clock"
 )
 
 // Health states reported by Health.
@@ -45,26 +47,10 @@ var (
 )
 
 // Clock is the time source of an Indicator. Tests inject a fake one.
-type Clock interface {
-	Now() time.Time
-	NewTimer(d time.Duration) Timer
-}
+type Clock = clock.Clock
 
 // Timer is a timer made by a Clock, like time.Timer.
-type Timer interface {
-	C() <-chan time.Time
-	Stop() bool
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                 { return time.Now() }
-func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
-
-type realTimer struct{ t *time.Timer }
-
-func (r realTimer) C() <-chan time.Time { return r.t.C }
-func (r realTimer) Stop() bool          { return r.t.Stop() }
+type Timer = clock.Timer
 
 // Output is one output pin.
 type Output struct {
@@ -213,7 +199,7 @@ func New(cfg Config) (*Indicator, error) {
 		active: map[Pattern]activation{Idle: {}},
 	}
 	if i.clk == nil {
-		i.clk = realClock{}
+		i.clk = clock.System
 	}
 	fitted := 0
 	for n, o := range []Output{cfg.Red, cfg.Green, cfg.Blue, cfg.Buzzer} {

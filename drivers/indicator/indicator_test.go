@@ -42,13 +42,13 @@ func newRig(t *testing.T, mut func(*rig, *Config)) *rig {
 	x.ind = ind
 	t.Cleanup(func() { _ = ind.Halt() })
 	// The goroutine has shown the idle pattern and waits.
-	clk.waitCreated(t, 1)
+	clk.WaitCreated(t, 1)
 	return x
 }
 
 func (x *rig) show(t *testing.T, p Pattern) {
 	t.Helper()
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Show(p); err != nil {
 			t.Fatal(err)
 		}
@@ -75,9 +75,9 @@ func TestNewTurnsOutputsOffThenIdle(t *testing.T) {
 	// New forces every output off, then the goroutine starts the heartbeat.
 	x.wantLog(t, "0s R Low", "0s G Low", "0s B Low", "0s BZ Low", "0s G High")
 	x.wantState(t, State{Pattern: Idle, LEDs: "green", Active: []Pattern{Idle}})
-	x.clk.advanceTo(t, 2999*time.Millisecond)
+	x.clk.AdvanceTo(t, 2999*time.Millisecond)
 	x.wantLog(t, "60ms G Low")
-	x.clk.advanceTo(t, 3100*time.Millisecond)
+	x.clk.AdvanceTo(t, 3100*time.Millisecond)
 	x.wantLog(t, "3s G High", "3.06s G Low")
 	x.wantState(t, State{Pattern: Idle, LEDs: "off", Active: []Pattern{Idle}})
 }
@@ -87,7 +87,7 @@ func TestNewTurnsOutputsOffThenIdle(t *testing.T) {
 // time as the call.
 func TestShowStartsImmediately(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, 1234*time.Millisecond)
+	x.clk.AdvanceTo(t, 1234*time.Millisecond)
 	x.log.take()
 	x.show(t, Refused)
 	x.wantLog(t, "1.234s R High", "1.234s BZ PWM 500Hz")
@@ -96,10 +96,10 @@ func TestShowStartsImmediately(t *testing.T) {
 
 func TestRecordedTimeline(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
 	x.show(t, Recorded)
-	x.clk.advanceTo(t, 5100*time.Millisecond)
+	x.clk.AdvanceTo(t, 5100*time.Millisecond)
 	// Recorded: green with a 150 ms beep for 1 s, then the heartbeat starts
 	// afresh (green for 60 ms, so green simply stays on until 2.06 s).
 	x.wantLog(t,
@@ -114,10 +114,10 @@ func TestRecordedTimeline(t *testing.T) {
 
 func TestRefusedAndErrorTimelines(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
 	x.show(t, Refused)
-	x.clk.advanceTo(t, 3*time.Second)
+	x.clk.AdvanceTo(t, 3*time.Second)
 	x.wantLog(t,
 		"1s R High", "1s BZ PWM 500Hz",
 		"1.3s R Low", "1.3s BZ Low",
@@ -127,7 +127,7 @@ func TestRefusedAndErrorTimelines(t *testing.T) {
 		"2.56s G Low",
 	)
 	x.show(t, Error)
-	x.clk.advanceTo(t, 5*time.Second)
+	x.clk.AdvanceTo(t, 5*time.Second)
 	x.wantLog(t,
 		"3s R High", "3s BZ PWM 2kHz",
 		"3.1s R Low", "3.1s BZ Low",
@@ -142,16 +142,16 @@ func TestRefusedAndErrorTimelines(t *testing.T) {
 
 func TestLocatePreemptedByFeedbackThenResumes(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Locate(0); err != nil {
 			t.Fatal(err)
 		}
 	})
 	x.wantLog(t, "1s R High", "1s G High", "1s B High", "1s BZ PWM 3kHz")
 	x.wantState(t, State{Pattern: Locate, LEDs: "white", Buzzer: true, Active: []Pattern{Locate, Idle}})
-	x.clk.advanceTo(t, 1300*time.Millisecond)
+	x.clk.AdvanceTo(t, 1300*time.Millisecond)
 	x.wantLog(t, "1.05s BZ Low", "1.25s R Low", "1.25s G Low", "1.25s B Low")
 
 	// A tap pre-empts locate.
@@ -160,7 +160,7 @@ func TestLocatePreemptedByFeedbackThenResumes(t *testing.T) {
 	x.wantState(t, State{Pattern: RecordedOffline, LEDs: "yellow", Buzzer: true, Active: []Pattern{RecordedOffline, Locate, Idle}})
 
 	// When it ends, locate starts again from its first step.
-	x.clk.advanceTo(t, 2400*time.Millisecond)
+	x.clk.AdvanceTo(t, 2400*time.Millisecond)
 	x.wantLog(t,
 		"1.45s BZ Low",
 		"2.3s B High", "2.3s BZ PWM 3kHz",
@@ -169,7 +169,7 @@ func TestLocatePreemptedByFeedbackThenResumes(t *testing.T) {
 	x.wantState(t, State{Pattern: Locate, LEDs: "white", Active: []Pattern{Locate, Idle}})
 
 	// Clearing it brings the heartbeat back at once.
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Clear(Locate); err != nil {
 			t.Fatal(err)
 		}
@@ -180,17 +180,17 @@ func TestLocatePreemptedByFeedbackThenResumes(t *testing.T) {
 
 func TestLocateDuration(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Locate(2200 * time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
 	})
-	x.clk.advanceTo(t, 2199*time.Millisecond)
+	x.clk.AdvanceTo(t, 2199*time.Millisecond)
 	if s := x.ind.State(); s.Pattern != Locate {
 		t.Fatalf("pattern %s before the end of locate", s.Pattern)
 	}
 	x.log.take()
-	x.clk.advanceTo(t, 2200*time.Millisecond)
+	x.clk.AdvanceTo(t, 2200*time.Millisecond)
 	// At 2.2 s locate was white (2.05–2.25 s); the heartbeat starts green.
 	x.wantLog(t, "2.2s R Low", "2.2s B Low")
 	x.wantState(t, State{Pattern: Idle, LEDs: "green", Active: []Pattern{Idle}})
@@ -201,14 +201,14 @@ func TestLocateDuration(t *testing.T) {
 
 func TestEqualPriorityReplaces(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.show(t, Error)
-	x.clk.advanceTo(t, 1150*time.Millisecond)
+	x.clk.AdvanceTo(t, 1150*time.Millisecond)
 	x.log.take()
 	// The answer to a new presentation replaces the old one for good.
 	x.show(t, Recorded)
 	x.wantState(t, State{Pattern: Recorded, LEDs: "green", Buzzer: true, Active: []Pattern{Recorded, Idle}})
-	x.clk.advanceTo(t, 2300*time.Millisecond)
+	x.clk.AdvanceTo(t, 2300*time.Millisecond)
 	x.wantLog(t,
 		"1.15s G High", "1.15s BZ PWM 2kHz",
 		"1.3s BZ Low",
@@ -219,34 +219,34 @@ func TestEqualPriorityReplaces(t *testing.T) {
 
 func TestShowAgainRestarts(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.show(t, Recorded)
-	x.clk.advanceTo(t, 1500*time.Millisecond)
+	x.clk.AdvanceTo(t, 1500*time.Millisecond)
 	x.log.take()
 	x.show(t, Recorded)
-	x.clk.advanceTo(t, 2600*time.Millisecond)
+	x.clk.AdvanceTo(t, 2600*time.Millisecond)
 	// The second Show beeps again and lasts its full second.
 	x.wantLog(t, "1.5s BZ PWM 2kHz", "1.65s BZ Low", "2.56s G Low")
 }
 
 func TestLowerPriorityWaitsUnderneath(t *testing.T) {
 	x := newRig(t, nil)
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.show(t, Recorded)
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Locate(0); err != nil {
 			t.Fatal(err)
 		}
 	})
 	x.wantState(t, State{Pattern: Recorded, LEDs: "green", Buzzer: true, Active: []Pattern{Recorded, Locate, Idle}})
-	x.clk.advanceTo(t, 2*time.Second)
+	x.clk.AdvanceTo(t, 2*time.Second)
 	x.wantState(t, State{Pattern: Locate, LEDs: "white", Buzzer: true, Active: []Pattern{Locate, Idle}})
 }
 
 func TestClearTransientAndUnknown(t *testing.T) {
 	x := newRig(t, nil)
 	x.show(t, Refused)
-	x.clk.do(t, func() {
+	x.clk.Do(t, func() {
 		if err := x.ind.Clear(Refused); err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +279,7 @@ func TestActiveLow(t *testing.T) {
 		c.BuzzerOnOff = true
 	})
 	x.wantLog(t, "0s R High", "0s G High", "0s B High", "0s BZ High", "0s G Low")
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
 	x.show(t, Refused)
 	x.wantLog(t, "1s R Low", "1s BZ Low")
@@ -297,10 +297,10 @@ func TestBuzzerFallsBackToOnOff(t *testing.T) {
 	x := newRig(t, func(x *rig, c *Config) {
 		x.buzz.pwmErr = errors.New("pwm unsupported on this pin")
 	})
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
 	x.show(t, Recorded)
-	x.clk.advanceTo(t, 1200*time.Millisecond)
+	x.clk.AdvanceTo(t, 1200*time.Millisecond)
 	x.wantLog(t, "1s G High", "1s BZ High", "1.15s BZ Low")
 	x.show(t, Refused)
 	x.wantLog(t, "1.2s R High", "1.2s G Low", "1.2s BZ High")
@@ -359,8 +359,8 @@ func TestHealthReportsFailingPins(t *testing.T) {
 	for _, p := range []*recPin{x.g, x.b, x.buzz} {
 		p.setErrs(errors.New("bus error"), errors.New("bus error"))
 	}
-	x.clk.do(t, func() { _ = x.ind.Clear(Refused) })
-	x.clk.do(t, func() { _ = x.ind.Locate(0) })
+	x.clk.Do(t, func() { _ = x.ind.Clear(Refused) })
+	x.clk.Do(t, func() { _ = x.ind.Locate(0) })
 	if s, r := x.ind.Health(); s != HealthDown {
 		t.Fatalf("health %s %q", s, r)
 	}
@@ -374,7 +374,7 @@ func TestHealthReportsFailingPins(t *testing.T) {
 		p.setErrs(nil, nil)
 	}
 	x.log.take()
-	x.clk.do(t, func() { _ = x.ind.Clear(Locate) })
+	x.clk.Do(t, func() { _ = x.ind.Clear(Locate) })
 	if s, r := x.ind.Health(); s != HealthOK {
 		t.Fatalf("health after recovery %s %q", s, r)
 	}
@@ -424,13 +424,13 @@ func TestCustomPattern(t *testing.T) {
 			}},
 		}
 	})
-	x.clk.advanceTo(t, time.Second)
+	x.clk.AdvanceTo(t, time.Second)
 	x.log.take()
 	x.show(t, "door_open")
-	x.clk.advanceTo(t, 1250*time.Millisecond)
+	x.clk.AdvanceTo(t, 1250*time.Millisecond)
 	x.wantLog(t, "1s R High", "1s B High", "1.1s R Low", "1.1s B Low", "1.2s R High", "1.2s B High")
 	// Above locate (10), below feedback (20).
-	x.clk.do(t, func() { _ = x.ind.Locate(0) })
+	x.clk.Do(t, func() { _ = x.ind.Locate(0) })
 	x.wantState(t, State{Pattern: "door_open", LEDs: "magenta", Active: []Pattern{"door_open", Locate, Idle}})
 	x.show(t, Recorded)
 	x.wantState(t, State{Pattern: Recorded, LEDs: "green", Buzzer: true, Active: []Pattern{Recorded, "door_open", Locate, Idle}})
@@ -465,8 +465,8 @@ func TestSimState(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ind.Halt()
-	clk.waitCreated(t, 1)
-	clk.do(t, func() { _ = ind.Show(RecordedOffline) })
+	clk.WaitCreated(t, 1)
+	clk.Do(t, func() { _ = ind.Show(RecordedOffline) })
 	if got, want := ind.State(), (State{Pattern: RecordedOffline, LEDs: "yellow", Buzzer: true, Active: []Pattern{RecordedOffline, Idle}}); !reflect.DeepEqual(got, want) {
 		t.Fatalf("state %+v, want %+v", got, want)
 	}
