@@ -596,3 +596,52 @@ func TestSystemdNotify(t *testing.T) {
 		}
 	}
 }
+
+// TestNoCardDataLeaves taps cards whose numbers and UIDs are known, then scans everything the
+// agent wrote or sent: the store file, its log and every message on the broker. None may hold a
+// card number, track data or a raw UID.
+func TestNoCardDataLeaves(t *testing.T) {
+	url := brokertest.URL(t)
+	s := newSpec(t, url)
+	all := brokertest.Subscribe(t, url, s.prefix+"/#", 1000)
+	p := startAgent(t, s)
+	const pan = "6217000000000014" // synthetic, Luhn-valid
+	const uid = "5AC3E19B"
+	emvCard := filepath.Join(t.TempDir(), "card.json")
+	os.WriteFile(emvCard, []byte(`{"name":"leak-emv","kind":"emv","pan":"`+pan+`","psn":"01","expiry":"2909","aid":"A000000333010101","uid":"`+uid+`"}`), 0o600)
+	tagFile := filepath.Join(t.TempDir(), "tag.json")
+	os.WriteFile(tagFile, []byte(`{"name":"leak-tag","kind":"uid","uid":"04A1B2C3D4E5F6"}`), 0o600)
+	var want = map[string]bool{}
+	for _, l := range append(tapJSON(t, p, "--card-file", emvCard, "--same", "--count", "3"), tapJSON(t, p, "--card-file", tagFile)...) {
+		if !l.OK {
+			t.Fatalf("tap: %+v", l)
+		}
+		want[l.ID] = true
+	}
+	collectEvents(t, &brokertest.Subscriber{C: all.C}, want, 30*time.Second)
+	p.kill(syscall.SIGTERM)
+
+	secrets := []string{pan, pan[6:12], uid, strings.ToLower(uid), "04A1B2C3D4E5F6", "04a1b2c3d4e5f6", pan + "D2909"}
+	scan := func(what string, b []byte) {
+		for _, s := range secrets {
+			if bytes.Contains(b, []byte(s)) {
+				t.Errorf("%s contains card data %q", what, s)
+			}
+		}
+	}
+	db, err := os.ReadFile(filepath.Join(s.dataDir, "station.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan("the store file", db)
+	scan("the agent's log", []byte(p.log.String()))
+	for {
+		select {
+		case m := <-all.C:
+			scan("message on "+m.Topic, m.Payload)
+			continue
+		default:
+		}
+		break
+	}
+}

@@ -186,6 +186,7 @@ type Chip struct {
 	rfOn    bool
 	// Field.
 	queue    []*presentation
+	gap      bool // a presentation just ended: the next poll answers an empty field
 	held     Card
 	active   *activation
 	fieldGen uint64
@@ -359,6 +360,9 @@ func (c *Chip) finish(p *presentation) {
 	}
 	close(p.done)
 	c.stats.Presentations++
+	// The card has left: the next poll finds the field empty, as when a person takes a card
+	// away before the next tap, so a reader can tell two presentations of the same card apart.
+	c.gap = true
 }
 
 // deactivate forgets the activated card; a presentation whose card was
@@ -375,7 +379,7 @@ func (c *Chip) deactivate() {
 
 // cardArrived answers a waiting poll if a card is in the field.
 func (c *Chip) cardArrived() {
-	if card, _ := c.fieldCard(); card != nil && c.listPending {
+	if card, _ := c.fieldCard(); card != nil && c.listPending && !c.gap {
 		c.stopList()
 		c.respond(c.activate())
 	}
@@ -599,6 +603,11 @@ func (c *Chip) inListPassiveTarget(p []byte) {
 	c.rfOn = true
 	if p[1] != 0x00 {
 		c.respond(c.emptyPoll()) // no emulated card speaks another modulation
+		return
+	}
+	if c.gap {
+		c.gap = false
+		c.respond(c.emptyPoll())
 		return
 	}
 	if card, _ := c.fieldCard(); card != nil {
