@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -266,5 +267,34 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 15s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMissingHardwareIsDownNotFatal(t *testing.T) {
+	h := startHarness(t, closedPortURL(t), func(c *config.Config) {
+		c.Door.Pin = "GPIO999"
+		c.Env.Enabled, c.Env.Bus = true, "no-such-bus"
+	})
+	waitFor(t, func() bool {
+		c := h.a.components()
+		return c["door"].Detail != "starting" && c["environment"].Detail != "starting"
+	})
+	c := h.a.components()
+	if c["door"].State != "down" || !strings.Contains(c["door"].Detail, "GPIO999") {
+		t.Fatalf("door: %+v", c["door"])
+	}
+	if c["environment"].State != "down" || strings.Count(c["environment"].Detail, "\n") != 0 {
+		t.Fatalf("environment: %+v", c["environment"])
+	}
+	if _, ok := c["indicator"]; ok {
+		t.Fatal("an indicator that is not configured is reported")
+	}
+	st := h.a.selfTest()
+	if st.OK {
+		t.Fatalf("self-test passed with the door down: %+v", st)
+	}
+	// The agent still records.
+	if res := h.a.handlePresentation(card(1)); !res.OK {
+		t.Fatalf("tap with hardware down: %+v", res)
 	}
 }
