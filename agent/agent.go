@@ -126,7 +126,7 @@ type Agent struct {
 	api    *apiServer
 
 	recent   *recentRecords
-	storeFul sync.Mutex // serialises the store-full alarm bookkeeping
+	fullMu   sync.Mutex // serialises the store-full alarm bookkeeping
 	fullOnce bool       // a store.full alarm was written for the current full episode
 
 	onReady func()

@@ -123,10 +123,8 @@ const maxSubmitBytes = 16 << 10
 
 func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
 	var req submitRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxSubmitBytes+1))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad record: "+err.Error())
+	if err := decodeBody(r, maxSubmitBytes, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if !submittedTypeRE.MatchString(req.Type) {
@@ -137,7 +135,7 @@ func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
 	rec.Data = req.Data
 	saved, err := s.a.appendRecord(rec, store.Normal)
 	if errors.Is(err, store.ErrFull) {
-		s.a.storeFull()
+		s.a.fullMul()
 		writeError(w, http.StatusInsufficientStorage, "refused: the station's store is full")
 		return
 	}
@@ -165,10 +163,8 @@ func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req TapRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad tap request: "+err.Error())
+	if err := decodeBody(r, 1<<20, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if req.Count == 0 {
@@ -215,7 +211,7 @@ type SimDoorRequest struct {
 
 func (s *apiServer) simDoor(w http.ResponseWriter, r *http.Request) {
 	var req SimDoorRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeBody(r, 64<<10, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -234,7 +230,7 @@ type SimEnvRequest struct {
 
 func (s *apiServer) simEnv(w http.ResponseWriter, r *http.Request) {
 	var req SimEnvRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeBody(r, 64<<10, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -249,8 +245,9 @@ func (s *apiServer) simEnv(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
-func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+// decodeBody reads a JSON request body of at most limit bytes into v; unknown fields are errors.
+func decodeBody(r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("bad request body: %w", err)

@@ -65,19 +65,19 @@ func (a *Agent) appendRecord(r *Record, class store.Class) (*Record, error) {
 	}
 	a.recent.add(payload)
 	if class == store.Normal {
-		a.storeFul.Lock()
+		a.fullMu.Lock()
 		a.fullOnce = false
-		a.storeFul.Unlock()
+		a.fullMu.Unlock()
 	}
 	return &out, nil
 }
 
-// storeFull handles a refused record: one store.full alarm per full episode and a status update.
-func (a *Agent) storeFull() {
-	a.storeFul.Lock()
+// fullMul handles a refused record: one store.full alarm per full episode and a status update.
+func (a *Agent) fullMul() {
+	a.fullMu.Lock()
 	first := !a.fullOnce
 	a.fullOnce = true
-	a.storeFul.Unlock()
+	a.fullMu.Unlock()
 	if !first {
 		return
 	}
@@ -120,7 +120,6 @@ type TapResult struct {
 // handlePresentation turns one presentation into a durable record, then tells the person.
 func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
 	var r *Record
-	class := store.Normal
 	if p.Card != nil {
 		r = a.newRecord(TypeCardTap)
 		r.Card = p.Card
@@ -128,11 +127,11 @@ func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
 		r = a.newRecord(TypeCardError)
 		r.Error = &RecordError{Code: p.Error, Detail: p.Detail}
 	}
-	saved, err := a.appendRecord(r, class)
+	saved, err := a.appendRecord(r, store.Normal)
 	switch {
 	case errors.Is(err, store.ErrFull):
 		a.indicate(PatternRefused)
-		a.storeFull()
+		a.fullMul()
 		return TapResult{Error: "refused: the station's store is full"}
 	case err != nil:
 		a.indicate(PatternError)

@@ -86,9 +86,9 @@ func (a *Agent) queueStatus() QueueStatus {
 		Bytes: st.Bytes, MaxBytes: st.MaxBytes, FileBytes: st.FileBytes,
 		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]StreamStatus{},
 	}
-	a.storeFul.Lock()
+	a.fullMu.Lock()
 	q.Full = a.fullOnce
-	a.storeFul.Unlock()
+	a.fullMu.Unlock()
 	for name, s := range st.Streams {
 		ss := StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}
 		if !s.Oldest.IsZero() {
@@ -278,6 +278,7 @@ type Telemetry struct {
 	Components  map[string]ComponentHealth `json:"components,omitempty"`
 	Environment map[string]float64         `json:"environment,omitempty"`
 	Door        *DoorStatus                `json:"door,omitempty"`
+	Commands    CommandStats               `json:"commands"`
 }
 
 func (a *Agent) telemetry() Telemetry {
@@ -288,7 +289,7 @@ func (a *Agent) telemetry() Telemetry {
 		TS: rfc3339(a.now()), ClockSynced: a.synced(), BootID: a.bootID,
 		UptimeMS: time.Since(a.start).Milliseconds(), Queue: q,
 		Connects: ls.Connects, Failures: ls.Failures, Reader: a.readerHealth(),
-		Components: a.components(), Environment: a.environment(),
+		Components: a.components(), Environment: a.environment(), Commands: a.cmdStats.snapshot(),
 	}
 	if open := a.doorOpen(); open != nil {
 		t.Door = &DoorStatus{Open: *open}
