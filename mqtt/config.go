@@ -2,17 +2,14 @@ package mqtt
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
-	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"station.dev/agent/mqtt/internal/brokerconn"
 )
 
 // Defaults applied by New to zero fields of Config.
@@ -117,66 +114,6 @@ type Config struct {
 	Progress func()
 }
 
-// broker is a validated broker address.
-type broker struct {
-	url      *url.URL // scheme, host and port only: handed to paho
-	hostport string   // dial address
-	host     string   // TLS server name
-	tls      bool
-}
-
-// String returns the broker URL (scheme, host and port only).
-func (b broker) String() string { return b.url.String() }
-
-// parseBroker validates a broker URL and fills in the default port.
-func parseBroker(raw string) (broker, error) {
-	if raw == "" {
-		return broker{}, errors.New("mqtt: no broker URL configured")
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		// url.Error repeats the input, which may hold credentials.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return broker{}, fmt.Errorf("mqtt: broker URL is not a valid URL: %w", err)
-	}
-	if u.User != nil {
-		return broker{}, errors.New("mqtt: broker URL must not contain credentials: set the username and password instead")
-	}
-	var b broker
-	var port string
-	switch strings.ToLower(u.Scheme) {
-	case "tcp", "mqtt":
-		port = "1883"
-	case "tls", "ssl", "mqtts":
-		port = "8883"
-		b.tls = true
-	case "":
-		return broker{}, fmt.Errorf("mqtt: broker URL %q has no scheme: want tcp://host:port or tls://host:port", raw)
-	default:
-		return broker{}, fmt.Errorf("mqtt: broker URL %q: unsupported scheme %q: want tcp://, mqtt://, tls://, ssl:// or mqtts://", raw, u.Scheme)
-	}
-	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return broker{}, fmt.Errorf("mqtt: broker URL %q: want scheme://host:port with no path or query", raw)
-	}
-	b.host = u.Hostname()
-	if b.host == "" {
-		return broker{}, fmt.Errorf("mqtt: broker URL %q has no host", raw)
-	}
-	if p := u.Port(); p != "" {
-		port = p
-	}
-	b.hostport = net.JoinHostPort(b.host, port)
-	scheme := "tcp"
-	if b.tls {
-		scheme = "tls"
-	}
-	b.url = &url.URL{Scheme: scheme, Host: b.hostport}
-	return b, nil
-}
-
 // checkTopic validates a topic name for publishing.
 func checkTopic(what, topic string) error {
 	switch {
@@ -210,25 +147,22 @@ func checkFilter(filter string) error {
 }
 
 // normalize validates cfg and fills in defaults. It returns the parsed broker.
-func (cfg *Config) normalize() (broker, error) {
-	b, err := parseBroker(cfg.Broker)
+func (cfg *Config) normalize() (brokerconn.Broker, error) {
+	b, err := brokerconn.Parse(cfg.Broker, "set the username and password instead")
 	if err != nil {
-		return broker{}, err
+		return brokerconn.Broker{}, fmt.Errorf("mqtt: %w", err)
 	}
 	if cfg.ClientID == "" {
-		return broker{}, errors.New("mqtt: no client id configured")
+		return brokerconn.Broker{}, errors.New("mqtt: no client id configured")
 	}
 	if len(cfg.ClientID) > 65535 || !utf8.ValidString(cfg.ClientID) {
-		return broker{}, errors.New("mqtt: client id is not valid UTF-8 of at most 65535 bytes")
+		return brokerconn.Broker{}, errors.New("mqtt: client id is not valid UTF-8 of at most 65535 bytes")
 	}
 	if cfg.Password != "" && cfg.Username == "" {
-		return broker{}, errors.New("mqtt: a password needs a username (MQTT 3.1.1)")
+		return brokerconn.Broker{}, errors.New("mqtt: a password needs a username (MQTT 3.1.1)")
 	}
-	if !b.tls && (cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "") {
-		return broker{}, fmt.Errorf("mqtt: CA, certificate or key file given but broker %s is not TLS: use tls://", b)
-	}
-	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
-		return broker{}, errors.New("mqtt: client certificate and key files must be given together")
+	if err := b.CheckTLSFiles(cfg.CAFile, cfg.CertFile, cfg.KeyFile); err != nil {
+		return brokerconn.Broker{}, fmt.Errorf("mqtt: %w", err)
 	}
 
 	durations := []struct {
@@ -244,56 +178,56 @@ func (cfg *Config) normalize() (broker, error) {
 	}
 	for _, d := range durations {
 		if *d.d < 0 {
-			return broker{}, fmt.Errorf("mqtt: %s %v is negative", d.name, *d.d)
+			return brokerconn.Broker{}, fmt.Errorf("mqtt: %s %v is negative", d.name, *d.d)
 		}
 		if *d.d == 0 {
 			*d.d = d.def
 		}
 	}
 	if cfg.KeepAlive < time.Second || cfg.KeepAlive > 65535*time.Second {
-		return broker{}, fmt.Errorf("mqtt: keep-alive %v is outside 1s..65535s", cfg.KeepAlive)
+		return brokerconn.Broker{}, fmt.Errorf("mqtt: keep-alive %v is outside 1s..65535s", cfg.KeepAlive)
 	}
 	if cfg.BackoffMin > cfg.BackoffMax {
-		return broker{}, fmt.Errorf("mqtt: minimum backoff %v is larger than maximum backoff %v", cfg.BackoffMin, cfg.BackoffMax)
+		return brokerconn.Broker{}, fmt.Errorf("mqtt: minimum backoff %v is larger than maximum backoff %v", cfg.BackoffMin, cfg.BackoffMax)
 	}
 	switch {
 	case cfg.Window < 0 || cfg.Window > MaxWindow:
-		return broker{}, fmt.Errorf("mqtt: window %d is outside 1..%d", cfg.Window, MaxWindow)
+		return brokerconn.Broker{}, fmt.Errorf("mqtt: window %d is outside 1..%d", cfg.Window, MaxWindow)
 	case cfg.Window == 0:
 		cfg.Window = DefaultWindow
 	}
 
 	if cfg.StatusTopic != "" {
 		if err := checkTopic("status topic", cfg.StatusTopic); err != nil {
-			return broker{}, err
+			return brokerconn.Broker{}, err
 		}
 	} else if cfg.Status != nil || cfg.WillPayload != nil || cfg.ShutdownStatus != nil {
-		return broker{}, errors.New("mqtt: status, last will or shutdown status given without a status topic")
+		return brokerconn.Broker{}, errors.New("mqtt: status, last will or shutdown status given without a status topic")
 	}
 
 	names := make(map[string]bool, len(cfg.Streams))
 	for _, s := range cfg.Streams {
 		if s.Name == "" {
-			return broker{}, errors.New("mqtt: stream with an empty name")
+			return brokerconn.Broker{}, errors.New("mqtt: stream with an empty name")
 		}
 		if names[s.Name] {
-			return broker{}, fmt.Errorf("mqtt: stream %q configured twice", s.Name)
+			return brokerconn.Broker{}, fmt.Errorf("mqtt: stream %q configured twice", s.Name)
 		}
 		names[s.Name] = true
 		if err := checkTopic(fmt.Sprintf("topic of stream %q", s.Name), s.Topic); err != nil {
-			return broker{}, err
+			return brokerconn.Broker{}, err
 		}
 		if s.QoS > 1 {
-			return broker{}, fmt.Errorf("mqtt: stream %q: QoS %d not supported (0 or 1)", s.Name, s.QoS)
+			return brokerconn.Broker{}, fmt.Errorf("mqtt: stream %q: QoS %d not supported (0 or 1)", s.Name, s.QoS)
 		}
 	}
 	for _, f := range cfg.Subscriptions {
 		if err := checkFilter(f); err != nil {
-			return broker{}, err
+			return brokerconn.Broker{}, err
 		}
 	}
 	if len(cfg.Subscriptions) > 0 && cfg.OnMessage == nil {
-		return broker{}, errors.New("mqtt: subscriptions given without an OnMessage handler")
+		return brokerconn.Broker{}, errors.New("mqtt: subscriptions given without an OnMessage handler")
 	}
 	cfg.Streams = append([]Stream(nil), cfg.Streams...)
 	cfg.Subscriptions = append([]string(nil), cfg.Subscriptions...)
@@ -304,55 +238,9 @@ func (cfg *Config) normalize() (broker, error) {
 // tlsConfig reads the CA, certificate and key files and builds the client
 // TLS configuration for one connect attempt.
 func (cfg *Config) tlsConfig(serverName string) (*tls.Config, error) {
-	tc := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		ServerName: serverName,
-	}
-	if cfg.CAFile != "" {
-		data, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt: CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(data) {
-			return nil, fmt.Errorf("mqtt: CA file %s: no PEM certificate found", cfg.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if cfg.CertFile != "" {
-		certPEM, err := os.ReadFile(cfg.CertFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt: client certificate file: %w", err)
-		}
-		if !hasPEM(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
-			return nil, fmt.Errorf("mqtt: client certificate file %s: no PEM certificate found", cfg.CertFile)
-		}
-		keyPEM, err := os.ReadFile(cfg.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt: client key file: %w", err)
-		}
-		if !hasPEM(keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
-			return nil, fmt.Errorf("mqtt: client key file %s: no PEM private key found", cfg.KeyFile)
-		}
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt: client certificate %s with key %s: %w", cfg.CertFile, cfg.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
+	tc, err := brokerconn.TLSConfig(cfg.CAFile, cfg.CertFile, cfg.KeyFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	return tc, nil
-}
-
-// hasPEM reports whether data holds a PEM block whose type satisfies ok.
-func hasPEM(data []byte, ok func(string) bool) bool {
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return false
-		}
-		if ok(b.Type) {
-			return true
-		}
-	}
 }

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"station.dev/agent/mqtt/internal/brokerconn"
 )
 
 // Item is one stored record to publish.
@@ -84,7 +86,7 @@ const (
 // Link is the broker link. Create it with New and start it with Run.
 type Link struct {
 	cfg    Config
-	broker broker
+	broker brokerconn.Broker
 	out    Outbox
 	log    *slog.Logger
 	rand   func() float64
@@ -231,9 +233,9 @@ func (l *Link) awaitPublishers() {
 // a nil error only after a clean stop on cancellation.
 func (l *Link) connect1(ctx context.Context, dels *deleter) (time.Duration, error) {
 	var tlsCfg *tls.Config
-	if l.broker.tls {
+	if l.broker.TLS {
 		var err error
-		if tlsCfg, err = l.cfg.tlsConfig(l.broker.host); err != nil {
+		if tlsCfg, err = l.cfg.tlsConfig(l.broker.Host); err != nil {
 			return 0, err
 		}
 	}
@@ -275,7 +277,7 @@ func (l *Link) connect1(ctx context.Context, dels *deleter) (time.Duration, erro
 // clientOptions returns the paho options for one connection.
 func (l *Link) clientOptions(ctx context.Context, s *connState, tlsCfg *tls.Config) *paho.ClientOptions {
 	o := paho.NewClientOptions()
-	o.AddBroker(l.broker.url.String())
+	o.AddBroker(l.broker.URL.String())
 	o.SetClientID(l.cfg.ClientID)
 	o.SetUsername(l.cfg.Username)
 	o.SetPassword(l.cfg.Password)
@@ -309,21 +311,13 @@ func (l *Link) clientOptions(ctx context.Context, s *connState, tlsCfg *tls.Conf
 
 // dial opens the network connection (TCP, then TLS if configured).
 func (l *Link) dial(ctx context.Context, s *connState, tlsCfg *tls.Config) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.ConnectTimeout)
-	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", l.broker.hostport)
+	conn, err := brokerconn.Dial(ctx, l.broker, tlsCfg, l.cfg.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
-	conn := raw
-	if tlsCfg != nil {
-		tc := tls.Client(raw, tlsCfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, fmt.Errorf("TLS handshake with %s: %w", l.broker.hostport, err)
-		}
-		conn = tc
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		raw = tc.NetConn()
 	}
 	kc := &killConn{Conn: conn, raw: raw}
 	if !s.setConn(kc) {

@@ -14,7 +14,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,7 +21,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"regexp"
 	"sort"
 	"strings"
@@ -31,6 +29,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"station.dev/agent/mqtt/internal/brokerconn"
 )
 
 // Defaults applied to zero fields of Options.
@@ -115,15 +115,12 @@ func checkPrefix(prefix string) error {
 // Dial connects to the broker. It returns when the broker has accepted the connection, when
 // ctx ends, or with the error that stopped it.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
-	b, err := parseBroker(opts.Broker)
+	b, err := brokerconn.Parse(opts.Broker, "use the username and password file")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("operator: %w", err)
 	}
-	if !b.tls && (opts.CAFile != "" || opts.CertFile != "" || opts.KeyFile != "") {
-		return nil, fmt.Errorf("operator: CA, certificate or key file given but broker %s is not TLS: use tls://", b.url)
-	}
-	if (opts.CertFile == "") != (opts.KeyFile == "") {
-		return nil, errors.New("operator: client certificate and key files must be given together")
+	if err := b.CheckTLSFiles(opts.CAFile, opts.CertFile, opts.KeyFile); err != nil {
+		return nil, fmt.Errorf("operator: %w", err)
 	}
 	if opts.Password != "" && opts.Username == "" {
 		return nil, errors.New("operator: a password needs a username")
@@ -146,13 +143,13 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		opts.ClientID = "fleet-" + hex.EncodeToString(r[:])
 	}
 	var tlsCfg *tls.Config
-	if b.tls {
-		if tlsCfg, err = tlsConfig(opts, b.host); err != nil {
-			return nil, err
+	if b.TLS {
+		if tlsCfg, err = brokerconn.TLSConfig(opts.CAFile, opts.CertFile, opts.KeyFile, b.Host); err != nil {
+			return nil, fmt.Errorf("operator: %w", err)
 		}
 	}
 	c := &Client{
-		broker: b.url.String(),
+		broker: b.String(),
 		log:    opts.Logger,
 		lost:   make(chan struct{}),
 		subs:   make(map[*sub]struct{}),
@@ -165,7 +162,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	// The socket is kept so that cancelling ctx can close it while paho waits for CONNACK.
 	var conn atomic.Pointer[net.Conn]
 	o := paho.NewClientOptions()
-	o.AddBroker(b.url.String())
+	o.AddBroker(b.String())
 	o.SetClientID(opts.ClientID)
 	o.SetUsername(opts.Username)
 	o.SetPassword(opts.Password)
@@ -184,7 +181,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		c.setLost(fmt.Errorf("operator: connection to %s lost: %w", c.broker, err))
 	})
 	o.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
-		nc, err := dial(ctx, b, tlsCfg, opts.ConnectTimeout)
+		nc, err := brokerconn.Dial(ctx, b, tlsCfg, opts.ConnectTimeout)
 		if err == nil {
 			conn.Store(&nc)
 		}
@@ -668,98 +665,4 @@ func (c *Client) Watch(ctx context.Context, prefix, filter string, fn func(Messa
 			return c.lostErr
 		}
 	}
-}
-
-// broker is a validated broker address.
-type broker struct {
-	url      *url.URL // scheme://host:port, handed to paho
-	hostport string
-	host     string
-	tls      bool
-}
-
-func parseBroker(raw string) (broker, error) {
-	if raw == "" {
-		return broker{}, errors.New("operator: no broker URL")
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the input, which may hold credentials
-		}
-		return broker{}, fmt.Errorf("operator: broker URL is not a valid URL: %w", err)
-	}
-	if u.User != nil {
-		return broker{}, errors.New("operator: broker URL must not contain credentials: use the username and password file")
-	}
-	var b broker
-	port := "1883"
-	switch strings.ToLower(u.Scheme) {
-	case "tcp", "mqtt":
-	case "tls", "ssl", "mqtts":
-		port, b.tls = "8883", true
-	default:
-		return broker{}, fmt.Errorf("operator: broker URL %q: want tcp://host:port or tls://host:port", raw)
-	}
-	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return broker{}, fmt.Errorf("operator: broker URL %q: want scheme://host:port with no path or query", raw)
-	}
-	if b.host = u.Hostname(); b.host == "" {
-		return broker{}, fmt.Errorf("operator: broker URL %q has no host", raw)
-	}
-	if p := u.Port(); p != "" {
-		port = p
-	}
-	b.hostport = net.JoinHostPort(b.host, port)
-	scheme := "tcp"
-	if b.tls {
-		scheme = "tls"
-	}
-	b.url = &url.URL{Scheme: scheme, Host: b.hostport}
-	return b, nil
-}
-
-// tlsConfig reads the CA, certificate and key files.
-func tlsConfig(opts Options, serverName string) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
-	if opts.CAFile != "" {
-		pemData, err := os.ReadFile(opts.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("operator: CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, fmt.Errorf("operator: CA file %s: no PEM certificate found", opts.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if opts.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("operator: client certificate %s with key %s: %w", opts.CertFile, opts.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
-}
-
-// dial opens the network connection: TCP, then TLS when configured.
-func dial(ctx context.Context, b broker, tlsCfg *tls.Config, timeout time.Duration) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", b.hostport)
-	if err != nil {
-		return nil, err
-	}
-	if tlsCfg == nil {
-		return raw, nil
-	}
-	tc := tls.Client(raw, tlsCfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("TLS handshake with %s: %w", b.hostport, err)
-	}
-	return tc, nil
 }

@@ -320,7 +320,7 @@ func TestDialErrors(t *testing.T) {
 		want string
 	}{
 		{operator.Options{}, "no broker URL"},
-		{operator.Options{Broker: "http://x:1"}, "want tcp://host:port"},
+		{operator.Options{Broker: "http://x:1"}, `unsupported scheme "http"`},
 		{operator.Options{Broker: "tcp://user:pw@x:1"}, "must not contain credentials"},
 		{operator.Options{Broker: "tcp://:1883"}, "no host"},
 		{operator.Options{Broker: "tcp://x:1/path"}, "no path"},
