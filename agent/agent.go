@@ -194,10 +194,6 @@ func New(opts Options) (*Agent, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	if a.synced == nil {
-		assume := cfg.Clock.AssumeSynced
-		a.synced = func() bool { return assume || kernelClockSynced() }
-	}
 	if a.version == "" {
 		a.version = "dev"
 	}
@@ -211,12 +207,15 @@ func New(opts Options) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("agent: data directory: %w", err)
 	}
-	var err error
-	a.store, err = store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{
-		MaxBytes: int64(cfg.Store.MaxBytes),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+	openStore := func(maxBytes int64) (err error) {
+		a.store, err = store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{MaxBytes: maxBytes})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		return nil
+	}
+	if err := openStore(int64(cfg.Store.MaxBytes)); err != nil {
+		return nil, err
 	}
 	if rec := a.store.Recovered(); rec != nil {
 		a.log.Error("store was broken: moved aside, started a new one", "moved_to", rec.MovedTo, "reason", rec.Reason)
@@ -228,6 +227,14 @@ func New(opts Options) (*Agent, error) {
 		if err != nil {
 			a.log.Error("ignoring the fleet's configuration overrides", "err", err)
 		} else {
+			if c.Store.MaxBytes != cfg.Store.MaxBytes { // the store's cap is set when it opens
+				if err := a.store.Close(); err != nil {
+					return nil, fmt.Errorf("agent: %w", err)
+				}
+				if err := openStore(int64(c.Store.MaxBytes)); err != nil {
+					return nil, err
+				}
+			}
 			a.cfg, cfg = c, c
 			a.log.Info("fleet configuration overrides in force", "keys", flatKeys("", ov))
 			if a.level != nil {
@@ -235,7 +242,12 @@ func New(opts Options) (*Agent, error) {
 			}
 		}
 	}
+	if a.synced == nil {
+		assume := cfg.Clock.AssumeSynced
+		a.synced = func() bool { return assume || kernelClockSynced() }
+	}
 	a.topics = topicsFor(cfg.MQTT.TopicPrefix, cfg.StationID)
+	var err error
 	if a.cmdKeys, err = command.ParseKeys(cfg.Commands.PublicKeys); err != nil {
 		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
 	}
