@@ -125,9 +125,11 @@ type Agent struct {
 	periph *peripherals
 	api    *apiServer
 
-	recent   *recentRecords
-	fullMu   sync.Mutex // serialises the store-full alarm bookkeeping
-	fullOnce bool       // a store.full alarm was written for the current full episode
+	recent *recentRecords
+	fullMu sync.Mutex // serialises the store-full alarm bookkeeping
+	full   string     // "" or why the store refuses records (store_full, disk_full)
+
+	fullAlarmPending *Record // a store.full alarm the full disk could not take
 
 	onReady func()
 	topics  topics

@@ -134,9 +134,9 @@ func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
 	rec := s.a.newRecord(req.Type)
 	rec.Data = req.Data
 	saved, err := s.a.appendRecord(rec, store.Normal)
-	if errors.Is(err, store.ErrFull) {
-		s.a.fullMul()
-		writeError(w, http.StatusInsufficientStorage, "refused: the station's store is full")
+	if noRoom(err) {
+		s.a.storeFull(err)
+		writeError(w, http.StatusInsufficientStorage, refusal(err))
 		return
 	}
 	if err != nil {

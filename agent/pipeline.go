@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"syscall"
 	"time"
 
 	"station.dev/agent/drivers/cardreader"
@@ -66,27 +67,61 @@ func (a *Agent) appendRecord(r *Record, class store.Class) (*Record, error) {
 	a.recent.add(payload)
 	if class == store.Normal {
 		a.fullMu.Lock()
-		a.fullOnce = false
+		wasFull, pending := a.full != "", a.fullAlarmPending
+		a.full, a.fullAlarmPending = "", nil
 		a.fullMu.Unlock()
+		if pending != nil {
+			// The disk had no room even for the alarm: the fleet learns of it now.
+			pending.Data = map[string]any{"over": rfc3339(a.now())}
+			if _, err := a.appendRecord(pending, store.Critical); err != nil {
+				a.log.Error("writing store.full alarm", "err", err)
+			}
+		}
+		if wasFull {
+			a.log.Info("store has room again: card records are accepted")
+			a.link.UpdateStatus()
+		}
 	}
 	return &out, nil
 }
 
-// fullMul handles a refused record: one store.full alarm per full episode and a status update.
-func (a *Agent) fullMul() {
+// refusal is what the person's tap (or a submitter) is told when the store has no room.
+func refusal(err error) string {
+	if errors.Is(err, store.ErrFull) {
+		return "refused: the station's store is full"
+	}
+	return "refused: no space left on the station's disk"
+}
+
+// noRoom reports whether err means the store cannot take a record: at its cap, or out of disk.
+func noRoom(err error) bool {
+	return errors.Is(err, store.ErrFull) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// storeFull handles a refused record: one store.full alarm per full episode and a status update.
+// When the disk itself is full the alarm cannot be stored either: it is written as soon as a record
+// fits again, and meanwhile the retained status (sent over MQTT, not through the store) says so.
+func (a *Agent) storeFull(cause error) {
+	reason, detail := "store_full", "card records refused until the backlog drains"
+	if !errors.Is(cause, store.ErrFull) {
+		reason, detail = "disk_full", "the disk holding the store is full: card records refused"
+	}
 	a.fullMu.Lock()
-	first := !a.fullOnce
-	a.fullOnce = true
+	first := a.full == ""
+	a.full = reason
 	a.fullMu.Unlock()
 	if !first {
 		return
 	}
-	a.log.Error("store is full: card records are refused until the backlog drains",
+	a.log.Error("store cannot take records: card records are refused", "reason", reason, "err", cause,
 		"max_bytes", int64(a.cfg.Store.MaxBytes))
 	r := a.newRecord(TypeStoreFull)
-	r.Error = &RecordError{Code: "store_full", Detail: "card records refused until the backlog drains"}
+	r.Error = &RecordError{Code: reason, Detail: detail}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
-		a.log.Error("writing store.full alarm", "err", err)
+		a.log.Error("writing store.full alarm; it is sent once the store has room", "err", err)
+		a.fullMu.Lock()
+		a.fullAlarmPending = r
+		a.fullMu.Unlock()
 	}
 	a.link.UpdateStatus()
 }
@@ -129,10 +164,10 @@ func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
 	}
 	saved, err := a.appendRecord(r, store.Normal)
 	switch {
-	case errors.Is(err, store.ErrFull):
+	case noRoom(err):
 		a.indicate(PatternRefused)
-		a.fullMul()
-		return TapResult{Error: "refused: the station's store is full"}
+		a.storeFull(err)
+		return TapResult{Error: refusal(err)}
 	case err != nil:
 		a.indicate(PatternError)
 		a.log.Error("recording card presentation", "err", err)

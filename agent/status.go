@@ -49,10 +49,11 @@ type QueueStatus struct {
 	MaxBytes     int64                   `json:"max_bytes"`
 	FileBytes    int64                   `json:"file_bytes"`
 	Full         bool                    `json:"full"`
+	FullReason   string                  `json:"full_reason,omitempty"` // store_full or disk_full
 	Refused      uint64                  `json:"refused"`
 	Evicted      uint64                  `json:"evicted"`
 	Streams      map[string]StreamStatus `json:"streams,omitempty"`
-	DiskFreeByte uint64                  `json:"disk_free_bytes,omitempty"`
+	DiskFreeByte uint64                  `json:"disk_free_bytes"`
 }
 
 // StreamStatus is one stream of the store.
@@ -87,7 +88,7 @@ func (a *Agent) queueStatus() QueueStatus {
 		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]StreamStatus{},
 	}
 	a.fullMu.Lock()
-	q.Full = a.fullOnce
+	q.Full, q.FullReason = a.full != "", a.full
 	a.fullMu.Unlock()
 	for name, s := range st.Streams {
 		ss := StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}

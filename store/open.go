@@ -202,8 +202,15 @@ func Open(path string, opts *Options) (*Store, error) {
 	}
 	s := &Store{path: path, cfg: cfg, changed: make(chan struct{}, 1)}
 
-	db, broken, err := openChecked(path, &cfg)
-	if err != nil {
+	var (
+		db     *bbolt.DB
+		broken error
+	)
+	if fi, serr := os.Stat(path); serr == nil && fi.Size() == 0 {
+		// bbolt would initialise it silently; but an empty file is a store cut short while
+		// being created or truncated later, and its sequence numbers are gone: say so.
+		broken = errors.New("the file is empty (cut short while being created, or truncated)")
+	} else if db, broken, err = openChecked(path, &cfg); err != nil {
 		return nil, err
 	}
 	if broken != nil {

@@ -78,16 +78,20 @@ func TestBrokenShortFilesMovedAside(t *testing.T) {
 	}
 }
 
-func TestEmptyFileIsInitialised(t *testing.T) {
-	// A power cut right after the file was created leaves it empty: bbolt
-	// initialises it, nothing is moved aside.
+func TestEmptyFileIsMovedAside(t *testing.T) {
+	// A power cut right after the file was created, or a truncation, leaves it empty: a new
+	// store is made, and Recovered says so (the sequence numbers start again).
 	path := filepath.Join(t.TempDir(), "store.db")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := openStore(t, path, nil)
-	if s.Recovered() != nil {
-		t.Fatalf("empty file reported as recovered: %+v", s.Recovered())
+	rec := s.Recovered()
+	if rec == nil || !strings.Contains(rec.Reason, "empty") {
+		t.Fatalf("empty file not reported as recovered: %+v", rec)
+	}
+	if fi, err := os.Stat(rec.MovedTo); err != nil || fi.Size() != 0 {
+		t.Fatalf("empty file not kept aside: %v", err)
 	}
 	mustAppend(t, s, Events, Normal, 10)
 }

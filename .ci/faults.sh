@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The fault-injection suite and the fleet simulation (faulttest/, build tag "faults"): the station
+# binary killed with SIGKILL in the middle of tap bursts, broker restarts, long outages, full
+# stores and file systems, broken store files, brokers that never answer, random command payloads,
+# a failing card reader, and a fleet of agents reconnecting to one Mosquitto.
+#
+# Usage: .ci/faults.sh [--full]
+#
+#   (default)  the bounded suite (go test -short): about 2 minutes on two cores, 20 agents
+#   --full     the whole suite: 20 kills, a 50k-record backlog, 200 agents (about 5 minutes)
+#
+# The tests start what they need themselves: their own Mosquitto on free loopback ports, embedded
+# brokers, and the agents. Mosquitto must be installed (installed here with apt-get when missing
+# and run as root); the tiny-file-system scenario mounts a tmpfs and skips itself without root.
+# Measured figures are printed at the end, one "name value unit" a line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+short=(-short)
+timeout=8m
+case ${1:-} in
+"") ;;
+--full)
+	short=()
+	timeout=60m
+	;;
+*)
+	echo "usage: $0 [--full]" >&2
+	exit 2
+	;;
+esac
+
+if ! command -v mosquitto >/dev/null; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "faults.sh: mosquitto is not installed: apt-get install mosquitto" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+go vet -tags faults ./faulttest/
+GOARCH=arm GOARM=6 go vet -tags faults ./faulttest/
+
+echo "=== fault-injection suite ${short[*]:-(full)}"
+start=$SECONDS
+rc=0
+STATION_FAULTS_FIGURES="$work/figures" \
+	go test -tags faults "${short[@]}" -count=1 -parallel 4 -timeout "$timeout" -v ./faulttest/ || rc=$?
+echo "=== fault-injection suite: exit status $rc in $((SECONDS - start))s"
+if [ -s "$work/figures" ]; then
+	echo "=== figures (name value unit)"
+	cat "$work/figures"
+fi
+exit "$rc"
