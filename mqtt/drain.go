@@ -12,7 +12,7 @@ import (
 const (
 	// deleteBatch is the number of acknowledged items that triggers an
 	// outbox Delete (each Delete is an fsync in the store).
-	deleteBatch = 64
+	deleteBatch = 256
 	// deleteDelay bounds how long an acknowledged item waits for its
 	// Delete when the batch does not fill.
 	deleteDelay = 5 * time.Millisecond
