@@ -147,6 +147,9 @@ type Agent struct {
 	stopFn  func()
 	stopErr error
 
+	telMu  sync.Mutex
+	telBuf [][]byte // heartbeats kept while offline, stored in batches
+
 	heartbeatFn func(string) func()
 	statusFn    func(string)
 	readerBeat  func()
@@ -369,6 +372,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wg.Wait()
+	a.flushTelemetry()
 	select {
 	case err := <-errc:
 		return err

@@ -298,3 +298,42 @@ func TestMissingHardwareIsDownNotFatal(t *testing.T) {
 		t.Fatalf("tap with hardware down: %+v", res)
 	}
 }
+
+func TestOfflineTelemetryStoredInBatches(t *testing.T) {
+	// The agent's own heartbeat is an hour away: only the test's heartbeats count.
+	h := startHarness(t, closedPortURL(t), func(c *config.Config) { c.Telemetry.Interval = config.Duration(time.Hour) })
+	depth := func() int {
+		st, err := h.a.store.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Streams[store.Telemetry].Depth
+	}
+	for i := 1; i < telemetryBatch; i++ {
+		h.a.sendTelemetry()
+	}
+	if d := depth(); d != 0 {
+		t.Fatalf("%d heartbeats stored one by one, want them kept for a batch", d)
+	}
+	h.a.sendTelemetry()
+	if d := depth(); d != telemetryBatch {
+		t.Fatalf("after a full batch: %d stored, want %d", d, telemetryBatch)
+	}
+	for i := 0; i < 5; i++ {
+		h.a.sendTelemetry()
+	}
+	path := h.a.store.Path()
+	h.stop() // a clean stop stores what is kept
+	s, err := store.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.Streams[store.Telemetry].Depth; d != telemetryBatch+5 {
+		t.Fatalf("after stop: %d heartbeats stored, want %d", d, telemetryBatch+5)
+	}
+}

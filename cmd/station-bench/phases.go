@@ -424,20 +424,25 @@ func (b *bench) telemetryDisk(ctx context.Context) (err error) {
 	if err := a.waitReady(ctx, 15*time.Second); err != nil {
 		return err
 	}
+	// Offline heartbeats are kept in memory and stored in batches (30 by default): each window
+	// spans one whole batch.
 	depth := func(q agent.QueueStatus) int { return q.Streams["telemetry"].Depth }
-	q0, err := a.waitQueue(ctx, 100*time.Millisecond, 15*time.Second, func(q agent.QueueStatus) bool {
-		return depth(q) > 0 // the first heartbeat is in: the loop runs
+	batchWait := 90 * time.Second
+	q0, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q agent.QueueStatus) bool {
+		return depth(q) > 0 // the first batch is in: the loop runs
 	})
 	if err != nil {
 		return err
 	}
 	var offline, device []float64
-	for range windows {
+	for range pick(b, 2, 1) {
 		s0, err := a.snap(disk)
 		if err != nil {
 			return err
 		}
-		if err := pause(ctx, window); err != nil {
+		if _, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q agent.QueueStatus) bool {
+			return depth(q) > depth(q0) // the next batch is in
+		}); err != nil {
 			return err
 		}
 		q1, err1 := a.queue(ctx)
