@@ -296,6 +296,13 @@ func (s *switchboard) accept() {
 
 // forward passes the connection through to the real broker until either side ends it.
 func (s *switchboard) forward(c net.Conn) {
+	copyTo := func(dst, src net.Conn) { _, _ = io.Copy(dst, src) }
+	s.relay(c, copyTo, copyTo)
+}
+
+// relay connects c to the real broker and runs the two directions, toBroker(up, c) and
+// toStation(c, up), until either ends; then both connections are closed.
+func (s *switchboard) relay(c net.Conn, toBroker, toStation func(dst, src net.Conn)) {
 	up, err := net.DialTimeout("tcp", s.target, 5*time.Second)
 	if err != nil {
 		return
@@ -306,8 +313,8 @@ func (s *switchboard) forward(c net.Conn) {
 	}
 	defer s.untrack(up)
 	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	go func() { toBroker(up, c); done <- struct{}{} }()
+	go func() { toStation(c, up); done <- struct{}{} }()
 	<-done
 	c.Close()
 	up.Close()
@@ -317,19 +324,8 @@ func (s *switchboard) forward(c net.Conn) {
 // stall passes the connection through to the real broker, but after stallAfter PUBACKs it
 // swallows every further PUBACK: a broker that takes publishes and stops acknowledging them.
 func (s *switchboard) stall(c net.Conn) {
-	up, err := net.DialTimeout("tcp", s.target, 5*time.Second)
-	if err != nil {
-		return
-	}
-	if !s.track(up) {
-		up.Close()
-		return
-	}
-	defer s.untrack(up)
 	var pending atomic.Int64
-	done := make(chan struct{}, 2)
-	go func() { // station -> broker
-		defer func() { done <- struct{}{} }()
+	toBroker := func(up, c net.Conn) {
 		r := bufio.NewReader(c)
 		for {
 			typ, body, err := readPacket(r, 1<<20)
@@ -349,9 +345,8 @@ func (s *switchboard) stall(c net.Conn) {
 				return
 			}
 		}
-	}()
-	go func() { // broker -> station
-		defer func() { done <- struct{}{} }()
+	}
+	toStation := func(c, up net.Conn) {
 		r := bufio.NewReader(up)
 		acks := 0
 		for {
@@ -370,11 +365,8 @@ func (s *switchboard) stall(c net.Conn) {
 				return
 			}
 		}
-	}()
-	<-done
-	c.Close()
-	up.Close()
-	<-done
+	}
+	s.relay(c, toBroker, toStation)
 }
 
 // notePending records n publishes awaiting their acknowledgement on one connection.
