@@ -19,7 +19,7 @@ import (
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
 
-	"station.dev/agent/drivers/internal/clock"
+	"station.dev/agent/internal/clock"
 )
 
 // Defaults for Config.

@@ -1,6 +1,6 @@
 package door
 
-import "station.dev/agent/drivers/internal/clock/clocktest"
+import "station.dev/agent/internal/clock/clocktest"
 
 // fakeClock is the drivers' manual clock.
 type fakeClock = clocktest.Fake

@@ -9,7 +9,7 @@ import (
 	"periph.io/x/conn/v3/physic"
 	"periph.io/x/conn/v3/pin"
 
-	"station.dev/agent/drivers/internal/clock"
+	"station.dev/agent/internal/clock"
 )
 
 // SimSwitchConfig configures a SimSwitch.

@@ -10,7 +10,7 @@ import (
 	"periph.io/x/conn/v3/physic"
 	"periph.io/x/conn/v3/pin"
 
-	"station.dev/agent/drivers/internal/clock/clocktest"
+	"station.dev/agent/internal/clock/clocktest"
 )
 
 // fakeClock is the drivers' manual clock.

@@ -25,7 +25,7 @@ import (
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/conn/v3/physic"
 
-	"station.dev/agent/drivers/internal/clock"
+	"station.dev/agent/internal/clock"
 )
 
 // Health states reported by Health.

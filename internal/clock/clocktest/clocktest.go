@@ -1,4 +1,4 @@
-// Package clocktest is a manual clock for the drivers' tests: time moves only when the test says,
+// Package clocktest is a manual clock for tests: time moves only when the test says,
 // and the test can wait until the goroutine under test waits on a timer again.
 package clocktest
 
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"station.dev/agent/drivers/internal/clock"
+	"station.dev/agent/internal/clock"
 )
 
 // Fake is a manual clock.Clock. Time moves only through Advance.
@@ -15,6 +15,7 @@ type Fake struct {
 	mu      sync.Mutex
 	start   time.Time
 	now     time.Time
+	mono    time.Duration
 	timers  []*fakeTimer
 	created int
 	signal  chan struct{} // closed and replaced whenever a timer is created
@@ -74,11 +75,39 @@ func (c *Fake) removeLocked(t *fakeTimer) {
 	}
 }
 
+// Monotonic implements clock.Clock: the time advanced since the clock was made.
+func (c *Fake) Monotonic() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
+}
+
+// Step moves the wall clock by d (either way) without moving monotonic time or firing timers, as
+// an NTP step or `date -s` does.
+func (c *Fake) Step(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	c.start = c.start.Add(d)
+	for _, t := range c.timers {
+		t.at = t.at.Add(d)
+	}
+}
+
+// Set sets the wall clock to t, as Step does.
+func (c *Fake) Set(t time.Time) {
+	c.mu.Lock()
+	d := t.Sub(c.now)
+	c.mu.Unlock()
+	c.Step(d)
+}
+
 // Advance moves time forward and fires the timers that are due.
 func (c *Fake) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	c.mono += d
 	for _, t := range append([]*fakeTimer(nil), c.timers...) {
 		if !t.at.After(c.now) {
 			c.removeLocked(t)
@@ -90,12 +119,8 @@ func (c *Fake) Advance(d time.Duration) {
 // Start is the fake time when the clock was made.
 func (c *Fake) Start() time.Time { return c.start }
 
-// Elapsed returns the fake time since the clock was made.
-func (c *Fake) Elapsed() time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now.Sub(c.start)
-}
+// Elapsed returns the fake time advanced since the clock was made.
+func (c *Fake) Elapsed() time.Duration { return c.Monotonic() }
 
 // Next returns the time until the earliest live timer fires.
 func (c *Fake) Next(t testing.TB) time.Duration {
