@@ -16,6 +16,7 @@ import (
 
 	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/mqtt"
 	"station.dev/agent/mqtt/embedded"
@@ -29,7 +30,7 @@ type Reader interface {
 
 // ReaderHealth is optionally implemented by a Reader to report the chip's health.
 type ReaderHealth interface {
-	Health() ComponentHealth
+	Health() contract.ComponentHealth
 }
 
 // Indicator tells the person at the kiosk what happened (LEDs, buzzer).
@@ -44,15 +45,6 @@ const (
 	PatternRefused         = "refused"
 	PatternError           = "error"
 )
-
-// ComponentHealth is the health of one part of the station, as shown in status and telemetry.
-type ComponentHealth struct {
-	State     string            `json:"state"` // ok, degraded, down or absent
-	Detail    string            `json:"detail,omitempty"`
-	Counters  map[string]uint64 `json:"counters,omitempty"`
-	Firmware  string            `json:"firmware,omitempty"`
-	LastError string            `json:"last_error,omitempty"`
-}
 
 // Link is the broker link as the agent uses it (implemented by *mqtt.Link).
 type Link interface {
@@ -129,10 +121,10 @@ type Agent struct {
 	fullMu sync.Mutex // serialises the store-full alarm bookkeeping
 	full   string     // "" or why the store refuses records (store_full, disk_full)
 
-	fullAlarmPending *Record // a store.full alarm the full disk could not take
+	fullAlarmPending *contract.Record // a store.full alarm the full disk could not take
 
 	onReady func()
-	topics  topics
+	topics  contract.Topics
 
 	base  *config.Config // as started: file and flags, before the fleet's overrides
 	flags func(*config.Config)
@@ -153,16 +145,6 @@ type Agent struct {
 	heartbeatFn func(string) func()
 	statusFn    func(string)
 	readerBeat  func()
-}
-
-type topics struct{ status, events, telemetry, resp, cmd, fleetCmd string }
-
-func topicsFor(prefix, id string) topics {
-	base := prefix + "/" + id + "/"
-	return topics{
-		status: base + "status", events: base + "events", telemetry: base + "telemetry",
-		resp: base + "resp", cmd: base + "cmd", fleetCmd: prefix + "/_fleet/cmd",
-	}
 }
 
 // New opens the store, prepares the hardware and the broker link. It does not start any loop:
@@ -251,7 +233,7 @@ func New(opts Options) (*Agent, error) {
 		assume := cfg.Clock.AssumeSynced
 		a.synced = func() bool { return assume || kernelClockSynced() }
 	}
-	a.topics = topicsFor(cfg.MQTT.TopicPrefix, cfg.StationID)
+	a.topics = contract.TopicsFor(cfg.MQTT.TopicPrefix, cfg.StationID)
 	var err error
 	if a.cmdKeys, err = command.ParseKeys(cfg.Commands.PublicKeys); err != nil {
 		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
@@ -294,16 +276,16 @@ func New(opts Options) (*Agent, error) {
 		KeepAlive:      cfg.MQTT.KeepAlive.D(),
 		BackoffMax:     cfg.MQTT.BackoffMax.D(),
 		Window:         cfg.MQTT.Window,
-		StatusTopic:    a.topics.status,
-		Status:         func() []byte { return a.statusPayload("online", "") },
-		WillPayload:    a.offlinePayload("lost"),
-		ShutdownStatus: func() []byte { return a.offlinePayload("shutdown") },
+		StatusTopic:    a.topics.Status,
+		Status:         func() []byte { return a.statusPayload(contract.StateOnline, "") },
+		WillPayload:    a.offlinePayload(contract.ReasonLost),
+		ShutdownStatus: func() []byte { return a.offlinePayload(contract.ReasonShutdown) },
 		Streams: []mqtt.Stream{
-			{Name: string(store.Events), Topic: a.topics.events, QoS: 1},
-			{Name: string(store.Responses), Topic: a.topics.resp, QoS: 1},
-			{Name: string(store.Telemetry), Topic: a.topics.telemetry, QoS: 1},
+			{Name: string(store.Events), Topic: a.topics.Events, QoS: 1},
+			{Name: string(store.Responses), Topic: a.topics.Resp, QoS: 1},
+			{Name: string(store.Telemetry), Topic: a.topics.Telemetry, QoS: 1},
 		},
-		Subscriptions: []string{a.topics.cmd, a.topics.fleetCmd},
+		Subscriptions: []string{a.topics.Cmd, a.topics.FleetCmd},
 		Progress:      a.heartbeat("link"),
 		OnMessage:     a.onMessage,
 		Logger:        a.log.With("component", "mqtt"),

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/drivers/emv"
 	"station.dev/agent/mqtt/brokertest"
@@ -143,9 +144,9 @@ func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
 	}
 	var alarms int
 	for _, b := range h.a.recent.last(0) {
-		var r Record
+		var r contract.Record
 		_ = json.Unmarshal(b, &r)
-		if r.Type == TypeStoreFull {
+		if r.Type == contract.TypeStoreFull {
 			alarms++
 		}
 	}
@@ -160,34 +161,34 @@ func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
 func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
 	url := brokertest.URL(t)
 	h := startHarness(t, url, nil)
-	sub := brokertest.Subscribe(t, url, h.a.topics.events, 100)
-	status := brokertest.Subscribe(t, url, h.a.topics.status, 100)
+	sub := brokertest.Subscribe(t, url, h.a.topics.Events, 100)
+	status := brokertest.Subscribe(t, url, h.a.topics.Status, 100)
 	waitFor(t, func() bool { return h.a.link.Stats().Connected })
 	h.r.c <- card(1)
 	h.r.c <- cardreader.Presentation{Error: cardreader.CodeRemoved, Detail: "card left the field"}
 	var types []string
 	for len(types) < 2 {
 		m := sub.Next(t, 10*time.Second)
-		var r Record
+		var r contract.Record
 		if err := json.Unmarshal(m.Payload, &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Type == TypeBoot {
+		if r.Type == contract.TypeBoot {
 			continue // published before the subscriber was there, unless the link was slower
 		}
 		types = append(types, r.Type)
-		if r.Type == TypeCardError && (r.Error == nil || r.Error.Code != "removed") {
+		if r.Type == contract.TypeCardError && (r.Error == nil || r.Error.Code != "removed") {
 			t.Fatalf("card.error without its code: %s", m.Payload)
 		}
 	}
-	if types[0] != TypeCardTap || types[1] != TypeCardError {
+	if types[0] != contract.TypeCardTap || types[1] != contract.TypeCardError {
 		t.Fatalf("types %v", types)
 	}
 	if p := <-h.ind.shown; p != PatternRecorded {
 		t.Fatalf("online tap shown as %q", p)
 	}
 	m := status.Next(t, 10*time.Second)
-	var st Status
+	var st contract.Status
 	if err := json.Unmarshal(m.Payload, &st); err != nil || st.State != "online" || st.BootID != h.a.bootID {
 		t.Fatalf("status %s", m.Payload)
 	}
@@ -207,7 +208,7 @@ func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
 
 func TestSubmittedTypeNames(t *testing.T) {
 	for s, ok := range map[string]bool{"kiosk.receipt": true, "a.b.c": true, "card": false, "Card.tap": false, "x..y": false, "a.b.c.d.e": false} {
-		if submittedTypeRE.MatchString(s) != ok {
+		if contract.ValidSubmittedType(s) != ok {
 			t.Errorf("%q: want %v", s, ok)
 		}
 	}
@@ -280,10 +281,10 @@ func TestMissingHardwareIsDownNotFatal(t *testing.T) {
 		return c["door"].Detail != "starting" && c["environment"].Detail != "starting"
 	})
 	c := h.a.components()
-	if c["door"].State != "down" || !strings.Contains(c["door"].Detail, "GPIO999") {
+	if c["door"].State != contract.HealthDown || !strings.Contains(c["door"].Detail, "GPIO999") {
 		t.Fatalf("door: %+v", c["door"])
 	}
-	if c["environment"].State != "down" || strings.Count(c["environment"].Detail, "\n") != 0 {
+	if c["environment"].State != contract.HealthDown || strings.Count(c["environment"].Detail, "\n") != 0 {
 		t.Fatalf("environment: %+v", c["environment"])
 	}
 	if _, ok := c["indicator"]; ok {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/store"
 )
 
@@ -26,14 +27,14 @@ type apiServer struct {
 func newAPIServer(a *Agent, ln net.Listener) *apiServer {
 	s := &apiServer{a: a, ln: ln}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v0/status", s.status)
-	mux.HandleFunc("GET /api/v0/queue", s.queue)
-	mux.HandleFunc("GET /api/v0/events", s.events)
-	mux.HandleFunc("POST /api/v0/records", s.submit)
-	mux.HandleFunc("POST /api/v0/tap", s.tap)
-	mux.HandleFunc("GET /api/v0/selftest", s.selftest)
-	mux.HandleFunc("POST /api/v0/sim/door", s.simDoor)
-	mux.HandleFunc("POST /api/v0/sim/env", s.simEnv)
+	mux.HandleFunc("GET "+contract.PathStatus, s.status)
+	mux.HandleFunc("GET "+contract.PathQueue, s.queue)
+	mux.HandleFunc("GET "+contract.PathEvents, s.events)
+	mux.HandleFunc("POST "+contract.PathRecords, s.submit)
+	mux.HandleFunc("POST "+contract.PathTap, s.tap)
+	mux.HandleFunc("GET "+contract.PathSelfTest, s.selftest)
+	mux.HandleFunc("POST "+contract.PathSimDoor, s.simDoor)
+	mux.HandleFunc("POST "+contract.PathSimEnv, s.simEnv)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s
 }
@@ -64,7 +65,7 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 }
 
 func (s *apiServer) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.a.status("online", ""))
+	writeJSON(w, http.StatusOK, s.a.status(contract.StateOnline, ""))
 }
 
 func (s *apiServer) queue(w http.ResponseWriter, r *http.Request) {
@@ -113,21 +114,13 @@ func (s *apiServer) events(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// submitRequest is a typed record from other station software.
-type submitRequest struct {
-	Type string         `json:"type"`
-	Data map[string]any `json:"data"`
-}
-
-const maxSubmitBytes = 16 << 10
-
 func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
-	var req submitRequest
-	if err := decodeBody(r, maxSubmitBytes, &req); err != nil {
+	var req contract.SubmitRequest
+	if err := decodeBody(r, contract.MaxSubmitBytes, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if !submittedTypeRE.MatchString(req.Type) {
+	if !contract.ValidSubmittedType(req.Type) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("bad record type %q: want dotted lower-case words like kiosk.receipt", req.Type))
 		return
 	}
@@ -143,26 +136,16 @@ func (s *apiServer) submit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "not recorded: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, TapResult{OK: true, ID: saved.ID, Seq: saved.Seq, Type: saved.Type})
+	writeJSON(w, http.StatusOK, contract.TapResult{OK: true, ID: saved.ID, Seq: saved.Seq, Type: saved.Type})
 }
 
-// TapRequest presents virtual cards to the emulated reader (simulation only).
-type TapRequest struct {
-	Card    string          `json:"card,omitempty"`    // a built-in profile name
-	Profile json.RawMessage `json:"profile,omitempty"` // or a profile (DESIGN §3.7)
-	Count   int             `json:"count,omitempty"`   // presentations; default 1
-	Same    bool            `json:"same,omitempty"`    // present the same card each time
-}
-
-const maxTapCount = 100000
-
-// tap streams one TapResult per presentation as JSON lines, each once its record is durable.
+// tap streams one contract.TapResult per presentation as JSON lines, each once its record is durable.
 func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
 	if s.a.sim == nil {
 		writeError(w, http.StatusConflict, "tap needs an agent started with --sim")
 		return
 	}
-	var req TapRequest
+	var req contract.TapRequest
 	if err := decodeBody(r, 1<<20, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -170,8 +153,8 @@ func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
 	if req.Count == 0 {
 		req.Count = 1
 	}
-	if req.Count < 0 || req.Count > maxTapCount {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("count must be 1 to %d", maxTapCount))
+	if req.Count < 0 || req.Count > contract.MaxTapCount {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("count must be 1 to %d", contract.MaxTapCount))
 		return
 	}
 	prof, err := s.a.sim.profile(req.Card, req.Profile)
@@ -186,7 +169,7 @@ func (s *apiServer) tap(w http.ResponseWriter, r *http.Request) {
 	for i := 0; i < req.Count; i++ {
 		res, err := s.a.sim.tap(r.Context(), prof, req.Same)
 		if err != nil {
-			res = TapResult{Error: err.Error()}
+			res = contract.TapResult{Error: err.Error()}
 		}
 		if enc.Encode(res) != nil {
 			return
@@ -204,13 +187,8 @@ func (s *apiServer) selftest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.a.selfTest())
 }
 
-// SimDoorRequest sets the emulated door switch.
-type SimDoorRequest struct {
-	Open bool `json:"open"`
-}
-
 func (s *apiServer) simDoor(w http.ResponseWriter, r *http.Request) {
-	var req SimDoorRequest
+	var req contract.SimDoorRequest
 	if err := decodeBody(r, 64<<10, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -222,14 +200,8 @@ func (s *apiServer) simDoor(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
-// SimEnvRequest sets the emulated cabinet sensor.
-type SimEnvRequest struct {
-	TempC    float64  `json:"temp_c"`
-	Humidity *float64 `json:"humidity,omitempty"`
-}
-
 func (s *apiServer) simEnv(w http.ResponseWriter, r *http.Request) {
-	var req SimEnvRequest
+	var req contract.SimEnvRequest
 	if err := decodeBody(r, 64<<10, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

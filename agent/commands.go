@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/command"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/mqtt"
 	"station.dev/agent/store"
 )
@@ -38,16 +39,8 @@ type commandStats struct {
 	received, executed, refused, dropped atomic.Uint64
 }
 
-// CommandStats is the command counters, in status and telemetry.
-type CommandStats struct {
-	Received uint64 `json:"received"`
-	Executed uint64 `json:"executed"`
-	Refused  uint64 `json:"refused"`
-	Dropped  uint64 `json:"dropped"`
-}
-
-func (c *commandStats) snapshot() CommandStats {
-	return CommandStats{c.received.Load(), c.executed.Load(), c.refused.Load(), c.dropped.Load()}
+func (c *commandStats) snapshot() contract.CommandStats {
+	return contract.CommandStats{Received: c.received.Load(), Executed: c.executed.Load(), Refused: c.refused.Load(), Dropped: c.dropped.Load()}
 }
 
 // onMessage runs on the link's receive path: store, acknowledge, wake the worker.
@@ -60,7 +53,7 @@ func (a *Agent) onMessage(m mqtt.Message) {
 		a.log.Warn("dropped a command too large to read", "topic", m.Topic, "bytes", len(m.Payload))
 		m.Ack()
 		return
-	case len(m.Payload) > command.MaxPayload:
+	case len(m.Payload) > contract.MaxCommandBytes:
 		if cmd, _, _ := command.Decode(m.Payload, a.cmdKeys); cmd != nil {
 			item.ID = cmd.ID
 		}
@@ -113,7 +106,7 @@ func (a *Agent) commandLoop(ctx context.Context) error {
 }
 
 // commandError is an error with a response code.
-type commandError = command.Error
+type commandError = contract.Error
 
 func cmdErr(code, format string, args ...any) *commandError {
 	return &commandError{Code: code, Message: fmt.Sprintf(format, args...)}
@@ -127,13 +120,13 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 		return
 	}
 	var (
-		cmd   *command.Command
+		cmd   *contract.Command
 		inner []byte
 		cerr  *commandError
 	)
 	if item.Payload == nil {
-		cmd = &command.Command{ID: item.ID}
-		cerr = cmdErr(command.CodeBadRequest, "command of %d bytes: the limit is %d", item.Size, command.MaxPayload)
+		cmd = &contract.Command{ID: item.ID}
+		cerr = cmdErr(contract.CodeBadRequest, "command of %d bytes: the limit is %d", item.Size, contract.MaxCommandBytes)
 	} else {
 		cmd, inner, cerr = command.Decode(item.Payload, a.cmdKeys)
 	}
@@ -160,10 +153,10 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 			a.respondRaw(rec.Seq, *prev)
 			return
 		}
-		cerr = cmdErr(command.CodeReplayed, "command id %s was already used for another command", cmd.ID)
+		cerr = cmdErr(contract.CodeReplayed, "command id %s was already used for another command", cmd.ID)
 	}
 
-	resp := command.Response{ID: cmd.ID}
+	resp := contract.Response{ID: cmd.ID}
 	var after func()
 	if cerr == nil {
 		var result any
@@ -171,7 +164,7 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 		if cerr == nil {
 			b, err := json.Marshal(result)
 			if err != nil {
-				cerr = cmdErr(command.CodeFailed, "result: %v", err)
+				cerr = cmdErr(contract.CodeFailed, "result: %v", err)
 			} else {
 				resp.OK, resp.Result = true, b
 			}
@@ -205,27 +198,27 @@ func (a *Agent) respondRaw(inboxSeq uint64, prev store.LedgerEntry) {
 }
 
 // execute checks target and expiry, then runs the handler. A panic becomes a failed response.
-func (a *Agent) execute(ctx context.Context, cmd *command.Command) (result any, after func(), cerr *commandError) {
+func (a *Agent) execute(ctx context.Context, cmd *contract.Command) (result any, after func(), cerr *commandError) {
 	if cmd.Target != a.cfg.StationID && cmd.Target != "*" {
-		return nil, nil, cmdErr(command.CodeWrongTarget, "command for %q reached station %q", cmd.Target, a.cfg.StationID)
+		return nil, nil, cmdErr(contract.CodeWrongTarget, "command for %q reached station %q", cmd.Target, a.cfg.StationID)
 	}
 	if a.synced() {
 		expired, err := cmd.Expired(a.now())
 		if err != nil {
-			return nil, nil, cmdErr(command.CodeBadRequest, "expires_at: %v", err)
+			return nil, nil, cmdErr(contract.CodeBadRequest, "expires_at: %v", err)
 		}
 		if expired {
-			return nil, nil, cmdErr(command.CodeExpired, "expired at %s", cmd.ExpiresAt)
+			return nil, nil, cmdErr(contract.CodeExpired, "expired at %s", cmd.ExpiresAt)
 		}
 	}
 	h, ok := a.handlers()[cmd.Name]
 	if !ok {
-		return nil, nil, cmdErr(command.CodeUnknownCommand, "no command %q", cmd.Name)
+		return nil, nil, cmdErr(contract.CodeUnknownCommand, "no command %q", cmd.Name)
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			a.log.Error("command handler panicked", "name", cmd.Name, "panic", p, "stack", string(debug.Stack()))
-			result, after, cerr = nil, nil, cmdErr(command.CodeFailed, "internal error in %s", cmd.Name)
+			result, after, cerr = nil, nil, cmdErr(contract.CodeFailed, "internal error in %s", cmd.Name)
 		}
 	}()
 	args := cmd.Args
@@ -244,7 +237,7 @@ func decodeArgs(args json.RawMessage, v any) *commandError {
 	dec := json.NewDecoder(bytesReader(args))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return cmdErr(command.CodeBadRequest, "args: %v", err)
+		return cmdErr(contract.CodeBadRequest, "args: %v", err)
 	}
 	return nil
 }

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/store"
 )
@@ -49,7 +49,7 @@ func (a *Agent) cmdStatus(_ context.Context, args json.RawMessage) (any, func(),
 	if e := decodeArgs(args, &noArgs{}); e != nil {
 		return nil, nil, e
 	}
-	s := a.status("online", "")
+	s := a.status(contract.StateOnline, "")
 	s.Indicator = nil
 	return s, nil, nil
 }
@@ -84,11 +84,11 @@ func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func
 	}
 	b, err := a.cfg.TOML()
 	if err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
 	ov, err := a.loadOverrides()
 	if err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
 	return map[string]any{"toml": string(b), "overrides": ov}, nil, nil
 }
@@ -99,27 +99,27 @@ func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func
 func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
 	var patch map[string]any
 	if err := json.Unmarshal(args, &patch); err != nil || len(patch) == 0 {
-		return nil, nil, cmdErr(command.CodeBadRequest, "args: want a non-empty object of configuration keys")
+		return nil, nil, cmdErr(contract.CodeBadRequest, "args: want a non-empty object of configuration keys")
 	}
 	for k := range patch {
 		if remoteForbidden[k] {
-			return nil, nil, cmdErr(command.CodeBadRequest, "%s cannot be changed remotely", k)
+			return nil, nil, cmdErr(contract.CodeBadRequest, "%s cannot be changed remotely", k)
 		}
 	}
 	ov, err := a.loadOverrides()
 	if err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
 	merged := mergeMaps(ov, patch)
 	if _, err := a.applyOverrides(merged); err != nil {
-		return nil, nil, cmdErr(command.CodeBadRequest, "%v", err)
+		return nil, nil, cmdErr(contract.CodeBadRequest, "%v", err)
 	}
 	b, err := json.Marshal(merged)
 	if err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
 	if err := a.store.PutSetting(overridesKey, b); err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "saving: %v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "saving: %v", err)
 	}
 	keys := flatKeys("", patch)
 	restart := false
@@ -131,7 +131,7 @@ func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func
 	if lvl, ok := patch["log_level"].(string); ok && a.level != nil {
 		_ = a.level.UnmarshalText([]byte(lvl))
 	}
-	r := a.newRecord(TypeConfigChanged)
+	r := a.newRecord(contract.TypeConfigChanged)
 	r.Data = map[string]any{"keys": keys, "restart_required": restart, "source": "fleet"}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing config.changed record", "err", err)
@@ -247,7 +247,7 @@ func (a *Agent) cmdReboot(_ context.Context, args json.RawMessage) (any, func(),
 		return nil, nil, e
 	}
 	if a.cfg.Sim {
-		return nil, nil, cmdErr(command.CodeFailed, "a simulated station does not reboot its host")
+		return nil, nil, cmdErr(contract.CodeFailed, "a simulated station does not reboot its host")
 	}
 	return map[string]any{"rebooting": true}, func() {
 		out, err := exec.Command(rebootCommand[0], rebootCommand[1:]...).CombinedOutput()
@@ -266,10 +266,10 @@ func (a *Agent) cmdFeedback(_ context.Context, args json.RawMessage) (any, func(
 		return nil, nil, e
 	}
 	if _, ok := indicator.DefaultPrograms()[indicator.Pattern(req.Pattern)]; !ok || req.Pattern == string(indicator.Idle) {
-		return nil, nil, cmdErr(command.CodeBadRequest, "pattern %q: want recorded, recorded_offline, refused, error or locate", req.Pattern)
+		return nil, nil, cmdErr(contract.CodeBadRequest, "pattern %q: want recorded, recorded_offline, refused, error or locate", req.Pattern)
 	}
 	if len(req.Text) > 64 {
-		return nil, nil, cmdErr(command.CodeBadRequest, "text: at most 64 characters")
+		return nil, nil, cmdErr(contract.CodeBadRequest, "text: at most 64 characters")
 	}
 	a.indicate(req.Pattern)
 	if req.Text != "" && a.periph != nil {
@@ -288,16 +288,16 @@ func (a *Agent) cmdLocate(_ context.Context, args json.RawMessage) (any, func(),
 		return nil, nil, e
 	}
 	if req.Seconds < 0 || req.Seconds > 3600 {
-		return nil, nil, cmdErr(command.CodeBadRequest, "seconds: 0 (stop) to 3600")
+		return nil, nil, cmdErr(contract.CodeBadRequest, "seconds: 0 (stop) to 3600")
 	}
 	if a.periph == nil {
-		return nil, nil, cmdErr(command.CodeFailed, "no indicator configured")
+		return nil, nil, cmdErr(contract.CodeFailed, "no indicator configured")
 	}
 	a.periph.mu.Lock()
 	ind := a.periph.ind
 	a.periph.mu.Unlock()
 	if ind == nil {
-		return nil, nil, cmdErr(command.CodeFailed, "the indicator is down")
+		return nil, nil, cmdErr(contract.CodeFailed, "the indicator is down")
 	}
 	var err error
 	if req.Seconds == 0 {
@@ -306,7 +306,7 @@ func (a *Agent) cmdLocate(_ context.Context, args json.RawMessage) (any, func(),
 		err = ind.Locate(time.Duration(req.Seconds) * time.Second)
 	}
 	if err != nil {
-		return nil, nil, cmdErr(command.CodeFailed, "%v", err)
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
 	return map[string]any{"locate_seconds": req.Seconds}, nil, nil
 }
@@ -320,10 +320,10 @@ func (a *Agent) cmdLogLevel(_ context.Context, args json.RawMessage) (any, func(
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(req.Level)); err != nil {
-		return nil, nil, cmdErr(command.CodeBadRequest, "level %q: want debug, info, warn or error", req.Level)
+		return nil, nil, cmdErr(contract.CodeBadRequest, "level %q: want debug, info, warn or error", req.Level)
 	}
 	if a.level == nil {
-		return nil, nil, cmdErr(command.CodeFailed, "the log level is fixed in this build")
+		return nil, nil, cmdErr(contract.CodeFailed, "the log level is fixed in this build")
 	}
 	a.level.Set(l)
 	return map[string]any{"level": strings.ToLower(l.String())}, nil, nil
@@ -337,7 +337,7 @@ func (a *Agent) cmdLogsTail(_ context.Context, args json.RawMessage) (any, func(
 		return nil, nil, e
 	}
 	if req.Lines < 1 || req.Lines > 500 {
-		return nil, nil, cmdErr(command.CodeBadRequest, "lines: 1 to 500")
+		return nil, nil, cmdErr(contract.CodeBadRequest, "lines: 1 to 500")
 	}
 	if a.logs == nil {
 		return map[string]any{"lines": []string{}}, nil, nil

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/drivers/pn532"
@@ -181,17 +182,17 @@ func (h *hwReader) Next(ctx context.Context) (cardreader.Presentation, error) {
 	return r.Next(ctx)
 }
 
-func (h *hwReader) Health() ComponentHealth {
+func (h *hwReader) Health() contract.ComponentHealth {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.dev == nil {
-		return ComponentHealth{State: "down", Detail: h.lastErr}
+		return contract.ComponentHealth{State: contract.HealthDown, Detail: h.lastErr}
 	}
 	return pn532Health(h.dev.Health())
 }
 
-func pn532Health(hl pn532.Health) ComponentHealth {
-	return ComponentHealth{
+func pn532Health(hl pn532.Health) contract.ComponentHealth {
+	return contract.ComponentHealth{
 		State: hl.State, Firmware: hl.Firmware, LastError: hl.LastError,
 		Counters: map[string]uint64{"errors": hl.Errors, "timeouts": hl.Timeouts, "checksum": hl.Checksum, "resets": hl.Resets},
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/display"
 	"station.dev/agent/drivers/door"
 	"station.dev/agent/drivers/envsensor"
@@ -17,12 +18,6 @@ import (
 // The station's other parts: indicator, door switch, cabinet sensor, display. Each is "absent"
 // when not configured; a configured part that cannot be opened is "down" with its reason and is
 // retried with backoff while the agent keeps serving.
-
-// Record types of the peripherals.
-const (
-	TypeEnvAlarm = "env.alarm"
-	TypeEnvOK    = "env.ok"
-)
 
 // part is one peripheral's health, kept for status, telemetry and self-test.
 type part struct {
@@ -37,10 +32,10 @@ func (p *part) set(state, detail string) {
 	p.mu.Unlock()
 }
 
-func (p *part) get() ComponentHealth {
+func (p *part) get() contract.ComponentHealth {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return ComponentHealth{State: p.state, Detail: p.detail}
+	return contract.ComponentHealth{State: p.state, Detail: p.detail}
 }
 
 // healthFunc is how each driver reports its health.
@@ -89,7 +84,7 @@ func (a *Agent) setupPeripherals() {
 	}
 	for name, ok := range configured {
 		if ok {
-			p.parts[name] = &part{state: "down", detail: "starting"}
+			p.parts[name] = &part{state: contract.HealthDown, detail: "starting"}
 		}
 	}
 	if !cfg.Sim && len(p.parts) > 0 {
@@ -101,11 +96,11 @@ func (a *Agent) setupPeripherals() {
 }
 
 // components reports the health of the station's parts other than the reader.
-func (a *Agent) components() map[string]ComponentHealth {
+func (a *Agent) components() map[string]contract.ComponentHealth {
 	if a.periph == nil || len(a.periph.parts) == 0 {
 		return nil
 	}
-	out := map[string]ComponentHealth{}
+	out := map[string]contract.ComponentHealth{}
 	for name, p := range a.periph.parts {
 		out[name] = p.get()
 	}
@@ -137,7 +132,7 @@ func (a *Agent) environment() map[string]float64 {
 }
 
 // indicatorState is what the (emulated) indicator shows, for `station status`.
-func (a *Agent) indicatorState() *indicator.State {
+func (a *Agent) indicatorState() *contract.IndicatorState {
 	if a.periph == nil {
 		return nil
 	}
@@ -148,7 +143,11 @@ func (a *Agent) indicatorState() *indicator.State {
 		return nil
 	}
 	s := ind.State()
-	return &s
+	out := &contract.IndicatorState{Pattern: string(s.Pattern), LEDs: s.LEDs, Buzzer: s.Buzzer}
+	for _, p := range s.Active {
+		out.Active = append(out.Active, string(p))
+	}
+	return out
 }
 
 // doorOpen reports the door state: nil when there is no door switch.
@@ -186,7 +185,7 @@ func (a *Agent) peripheralsLoop(ctx context.Context) error {
 					health = h
 					break
 				}
-				pt.set("down", err.Error())
+				pt.set(contract.HealthDown, err.Error())
 				a.log.Warn("peripheral not available; retrying", "part", name, "err", err)
 				select {
 				case <-ctx.Done():
@@ -296,9 +295,9 @@ func (a *Agent) serveDoor(ctx context.Context) {
 			if !ok {
 				return
 			}
-			typ := TypeDoorClose
+			typ := contract.TypeDoorClose
 			if ev.Open {
-				typ = TypeDoorOpen
+				typ = contract.TypeDoorOpen
 			}
 			r := a.newRecord(typ)
 			r.Data = map[string]any{"changed_at": rfc3339(ev.At)}
@@ -373,9 +372,9 @@ func (a *Agent) readEnv() {
 	p.envLast = last
 	p.mu.Unlock()
 	for _, tr := range mon.Observe(rd) {
-		typ := TypeEnvOK
+		typ := contract.TypeEnvOK
 		if tr.Raised {
-			typ = TypeEnvAlarm
+			typ = contract.TypeEnvAlarm
 		}
 		r := a.newRecord(typ)
 		r.Data = map[string]any{"quantity": string(tr.Quantity), "value": round2(tr.Value), "limit": tr.Limit}

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/mqtt"
 	"station.dev/agent/store"
@@ -35,8 +36,8 @@ func (o outbox) Delete(stream string, seqs ...uint64) error {
 func (o outbox) Changed() <-chan struct{} { return o.s.Changed() }
 
 // newRecord fills the fields every record carries. Seq is assigned by the store.
-func (a *Agent) newRecord(typ string) *Record {
-	return &Record{
+func (a *Agent) newRecord(typ string) *contract.Record {
+	return &contract.Record{
 		ID:          newID(),
 		Type:        typ,
 		TS:          rfc3339(a.now()),
@@ -48,19 +49,19 @@ func (a *Agent) newRecord(typ string) *Record {
 
 // appendRecord makes r durable on the events stream and returns it with its seq. It returns only
 // once the record is committed and fsynced.
-func (a *Agent) appendRecord(r *Record, class store.Class) (*Record, error) {
+func (a *Agent) appendRecord(r *contract.Record, class store.Class) (*contract.Record, error) {
 	var payload []byte
 	_, err := a.store.Append(store.Events, class, func(seq uint64) ([]byte, error) {
 		rr := *r // build may run more than once: keep it free of side effects on r
 		rr.Seq = seq
-		b, err := rr.marshal()
+		b, err := json.Marshal(&rr)
 		payload = b
 		return b, err
 	})
 	if err != nil {
 		return nil, err
 	}
-	var out Record
+	var out contract.Record
 	if err := json.Unmarshal(payload, &out); err != nil {
 		return nil, err
 	}
@@ -115,8 +116,8 @@ func (a *Agent) storeFull(cause error) {
 	}
 	a.log.Error("store cannot take records: card records are refused", "reason", reason, "err", cause,
 		"max_bytes", int64(a.cfg.Store.MaxBytes))
-	r := a.newRecord(TypeStoreFull)
-	r.Error = &RecordError{Code: reason, Detail: detail}
+	r := a.newRecord(contract.TypeStoreFull)
+	r.Error = &contract.RecordError{Code: reason, Detail: detail}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing store.full alarm; it is sent once the store has room", "err", err)
 		a.fullMu.Lock()
@@ -129,49 +130,40 @@ func (a *Agent) storeFull(cause error) {
 // writeBootRecords writes station.boot, and store.recovered when the store was rebuilt.
 func (a *Agent) writeBootRecords() {
 	if rec := a.store.Recovered(); rec != nil {
-		r := a.newRecord(TypeStoreRecovered)
-		r.Error = &RecordError{Code: "store_broken", Detail: rec.Reason}
+		r := a.newRecord(contract.TypeStoreRecovered)
+		r.Error = &contract.RecordError{Code: "store_broken", Detail: rec.Reason}
 		r.Data = map[string]any{"moved_to": rec.MovedTo, "seq_restarted": true}
 		if _, err := a.appendRecord(r, store.Critical); err != nil {
 			a.log.Error("writing store.recovered alarm", "err", err)
 		}
 	}
-	r := a.newRecord(TypeBoot)
+	r := a.newRecord(contract.TypeBoot)
 	r.Data = map[string]any{"version": a.version, "sim": a.cfg.Sim}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing station.boot record", "err", err)
 	}
 }
 
-// TapResult is the outcome of one card presentation, as the local API reports it.
-type TapResult struct {
-	OK    bool   `json:"ok"`
-	ID    string `json:"id,omitempty"`
-	Seq   uint64 `json:"seq,omitempty"`
-	Type  string `json:"type,omitempty"`
-	Error string `json:"error,omitempty"`
-}
-
 // handlePresentation turns one presentation into a durable record, then tells the person.
-func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
-	var r *Record
+func (a *Agent) handlePresentation(p cardreader.Presentation) contract.TapResult {
+	var r *contract.Record
 	if p.Card != nil {
-		r = a.newRecord(TypeCardTap)
-		r.Card = p.Card
+		r = a.newRecord(contract.TypeCardTap)
+		r.Card = cardOf(p.Card)
 	} else {
-		r = a.newRecord(TypeCardError)
-		r.Error = &RecordError{Code: p.Error, Detail: p.Detail}
+		r = a.newRecord(contract.TypeCardError)
+		r.Error = &contract.RecordError{Code: p.Error, Detail: p.Detail}
 	}
 	saved, err := a.appendRecord(r, store.Normal)
 	switch {
 	case noRoom(err):
 		a.indicate(PatternRefused)
 		a.storeFull(err)
-		return TapResult{Error: refusal(err)}
+		return contract.TapResult{Error: refusal(err)}
 	case err != nil:
 		a.indicate(PatternError)
 		a.log.Error("recording card presentation", "err", err)
-		return TapResult{Error: "not recorded: " + err.Error()}
+		return contract.TapResult{Error: "not recorded: " + err.Error()}
 	}
 	switch {
 	case p.Card == nil:
@@ -182,7 +174,7 @@ func (a *Agent) handlePresentation(p cardreader.Presentation) TapResult {
 		a.indicate(PatternRecordedOffline)
 	}
 	a.log.Debug("recorded", "type", saved.Type, "id", saved.ID, "seq", saved.Seq)
-	return TapResult{OK: p.Card != nil, ID: saved.ID, Seq: saved.Seq, Type: saved.Type,
+	return contract.TapResult{OK: p.Card != nil, ID: saved.ID, Seq: saved.Seq, Type: saved.Type,
 		Error: errorText(p)}
 }
 

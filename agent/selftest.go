@@ -3,26 +3,17 @@ package agent
 import (
 	"fmt"
 	"time"
+
+	"station.dev/agent/agent/contract"
 )
-
-// Check is one line of the self-test.
-type Check struct {
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-}
-
-// SelfTest is the self-test result: OK is false if any configured component failed.
-type SelfTest struct {
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
-}
 
 // selfTest checks each component: the store's consistency, the broker connection, the reader,
 // and each peripheral (the indicator blinks its locate pattern, the sensor is read now).
-func (a *Agent) selfTest() SelfTest {
-	var checks []Check
-	add := func(name string, ok bool, detail string) { checks = append(checks, Check{name, ok, detail}) }
+func (a *Agent) selfTest() contract.SelfTest {
+	var checks []contract.Check
+	add := func(name string, ok bool, detail string) {
+		checks = append(checks, contract.Check{Name: name, OK: ok, Detail: detail})
+	}
 
 	if err := a.store.Check(); err != nil {
 		add("store", false, err.Error())
@@ -39,9 +30,9 @@ func (a *Agent) selfTest() SelfTest {
 
 	rh := a.readerHealth()
 	switch rh.State {
-	case "absent":
+	case contract.HealthAbsent:
 		add("reader", true, "not configured")
-	case "ok", "degraded":
+	case contract.HealthOK, contract.HealthDegraded:
 		add("reader", true, joinDetail(rh.Firmware, rh.State, rh.LastError))
 	default:
 		add("reader", false, joinDetail(rh.State, rh.Detail, rh.LastError))
@@ -54,7 +45,7 @@ func (a *Agent) selfTest() SelfTest {
 			add(name, true, "not configured")
 			continue
 		}
-		if c.State == "down" {
+		if c.State == contract.HealthDown {
 			add(name, false, "down: "+c.Detail)
 			continue
 		}
@@ -62,7 +53,7 @@ func (a *Agent) selfTest() SelfTest {
 		add(name, ok, detail)
 	}
 
-	st := SelfTest{OK: true, Checks: checks}
+	st := contract.SelfTest{OK: true, Checks: checks}
 	for _, c := range checks {
 		st.OK = st.OK && c.OK
 	}
@@ -70,7 +61,7 @@ func (a *Agent) selfTest() SelfTest {
 }
 
 // exercise makes a working peripheral show that it works and says what it saw.
-func (a *Agent) exercise(name string, c ComponentHealth) (bool, string) {
+func (a *Agent) exercise(name string, c contract.ComponentHealth) (bool, string) {
 	p := a.periph
 	p.mu.Lock()
 	defer p.mu.Unlock()

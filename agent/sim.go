@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/drivers/pn532"
 	"station.dev/agent/drivers/pn532/pn532sim"
@@ -24,7 +25,7 @@ type simHardware struct {
 
 	tapMu  sync.Mutex // one presentation at a time, so each result belongs to its tap
 	wmu    sync.Mutex
-	waiter chan TapResult
+	waiter chan contract.TapResult
 	cards  map[string]int // next card number per profile, so each tap is a different card
 }
 
@@ -34,7 +35,7 @@ type simReader struct {
 	dev *pn532.Dev
 }
 
-func (r *simReader) Health() ComponentHealth { return pn532Health(r.dev.Health()) }
+func (r *simReader) Health() contract.ComponentHealth { return pn532Health(r.dev.Health()) }
 
 // tapTimeout bounds one presentation, from placing the card to its record being durable.
 const tapTimeout = 10 * time.Second
@@ -81,7 +82,7 @@ func (s *simHardware) profile(name string, doc json.RawMessage) (*vcard.Profile,
 }
 
 // tap presents one card of the profile and waits for its record.
-func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (TapResult, error) {
+func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (contract.TapResult, error) {
 	s.tapMu.Lock()
 	defer s.tapMu.Unlock()
 	n := s.cards[p.Name]
@@ -90,7 +91,7 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (Tap
 	} else {
 		n-- // the card of the previous presentation
 	}
-	w := make(chan TapResult, 1)
+	w := make(chan contract.TapResult, 1)
 	s.wmu.Lock()
 	s.waiter = w
 	s.wmu.Unlock()
@@ -102,13 +103,13 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (Tap
 	gone := s.chip.Present(p.Card(n))
 	t := time.NewTimer(tapTimeout)
 	defer t.Stop()
-	var res TapResult
+	var res contract.TapResult
 	select {
 	case res = <-w:
 	case <-ctx.Done():
-		return TapResult{}, ctx.Err()
+		return contract.TapResult{}, ctx.Err()
 	case <-t.C:
-		return TapResult{}, errors.New("the emulated reader did not read the card in time")
+		return contract.TapResult{}, errors.New("the emulated reader did not read the card in time")
 	}
 	// Wait for the card to leave the field, so the next tap is a new presentation.
 	select {
@@ -120,7 +121,7 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (Tap
 }
 
 // done hands a presentation's result to the tap waiting for it.
-func (s *simHardware) done(r TapResult) {
+func (s *simHardware) done(r contract.TapResult) {
 	s.wmu.Lock()
 	w := s.waiter
 	s.waiter = nil

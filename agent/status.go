@@ -10,89 +10,25 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"station.dev/agent/drivers/indicator"
-
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/store"
 )
 
-// Status is the retained status object (DESIGN §3.3) and the body of GET /api/v0/status.
-type Status struct {
-	State       string                     `json:"state"`
-	Reason      string                     `json:"reason,omitempty"`
-	StationID   string                     `json:"station_id"`
-	Version     string                     `json:"version"`
-	BootID      string                     `json:"boot_id"`
-	Since       string                     `json:"since"`
-	TS          string                     `json:"ts"`
-	ClockSynced bool                       `json:"clock_synced"`
-	UptimeMS    int64                      `json:"uptime_ms"`
-	Sim         bool                       `json:"sim,omitempty"`
-	Reader      ComponentHealth            `json:"reader"`
-	Queue       QueueStatus                `json:"queue"`
-	Link        *LinkStatus                `json:"link,omitempty"`
-	Components  map[string]ComponentHealth `json:"components,omitempty"`
-	Door        *DoorStatus                `json:"door,omitempty"`
-	Environment map[string]float64         `json:"environment,omitempty"`
-	// Indicator is what the indicator shows now (local API only).
-	Indicator *indicator.State `json:"indicator,omitempty"`
-}
-
-// DoorStatus is the cabinet door.
-type DoorStatus struct {
-	Open bool `json:"open"`
-}
-
-// QueueStatus summarises the store.
-type QueueStatus struct {
-	Depth        int                     `json:"depth"`
-	OldestAgeS   float64                 `json:"oldest_age_s"`
-	Bytes        int64                   `json:"bytes"`
-	MaxBytes     int64                   `json:"max_bytes"`
-	FileBytes    int64                   `json:"file_bytes"`
-	Full         bool                    `json:"full"`
-	FullReason   string                  `json:"full_reason,omitempty"` // store_full or disk_full
-	Refused      uint64                  `json:"refused"`
-	Evicted      uint64                  `json:"evicted"`
-	Streams      map[string]StreamStatus `json:"streams,omitempty"`
-	DiskFreeByte uint64                  `json:"disk_free_bytes"`
-}
-
-// StreamStatus is one stream of the store.
-type StreamStatus struct {
-	Depth      int     `json:"depth"`
-	Bytes      int64   `json:"bytes"`
-	OldestAgeS float64 `json:"oldest_age_s"`
-	LastSeq    uint64  `json:"last_seq"`
-}
-
-// LinkStatus is the broker link, for the local API (the broker knows it anyway).
-type LinkStatus struct {
-	Broker    string `json:"broker"`
-	Connected bool   `json:"connected"`
-	Since     string `json:"since,omitempty"`
-	Connects  uint64 `json:"connects"`
-	Failures  uint64 `json:"failures"`
-	LastError string `json:"last_error,omitempty"`
-	InFlight  int    `json:"in_flight"`
-	Published uint64 `json:"published"`
-	Acked     uint64 `json:"acked"`
-}
-
-func (a *Agent) queueStatus() QueueStatus {
+func (a *Agent) queueStatus() contract.QueueStatus {
 	st, err := a.store.Stats()
 	if err != nil {
-		return QueueStatus{}
+		return contract.QueueStatus{}
 	}
 	now := a.now()
-	q := QueueStatus{
+	q := contract.QueueStatus{
 		Bytes: st.Bytes, MaxBytes: st.MaxBytes, FileBytes: st.FileBytes,
-		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]StreamStatus{},
+		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]contract.StreamStatus{},
 	}
 	a.fullMu.Lock()
 	q.Full, q.FullReason = a.full != "", a.full
 	a.fullMu.Unlock()
 	for name, s := range st.Streams {
-		ss := StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}
+		ss := contract.StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}
 		if !s.Oldest.IsZero() {
 			ss.OldestAgeS = max(0, now.Sub(s.Oldest).Seconds())
 		}
@@ -110,25 +46,25 @@ func (a *Agent) queueStatus() QueueStatus {
 	return q
 }
 
-func (a *Agent) readerHealth() ComponentHealth {
+func (a *Agent) readerHealth() contract.ComponentHealth {
 	if h, ok := a.reader.(ReaderHealth); ok {
 		return h.Health()
 	}
 	if a.reader == nil {
-		return ComponentHealth{State: "absent"}
+		return contract.ComponentHealth{State: contract.HealthAbsent}
 	}
-	return ComponentHealth{State: "ok"}
+	return contract.ComponentHealth{State: contract.HealthOK}
 }
 
 // status builds the full status object.
-func (a *Agent) status(state, reason string) Status {
+func (a *Agent) status(state, reason string) contract.Status {
 	ls := a.link.Stats()
-	s := Status{
+	s := contract.Status{
 		State: state, Reason: reason, StationID: a.cfg.StationID, Version: a.version,
 		BootID: a.bootID, Since: rfc3339(a.now().Add(-time.Since(a.start))), TS: rfc3339(a.now()),
 		ClockSynced: a.synced(), UptimeMS: time.Since(a.start).Milliseconds(), Sim: a.cfg.Sim,
 		Reader: a.readerHealth(), Queue: a.queueStatus(),
-		Link: &LinkStatus{
+		Link: &contract.LinkStatus{
 			Broker: a.cfg.MQTT.Broker, Connected: ls.Connected, Connects: ls.Connects,
 			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
 			Published: ls.Published, Acked: ls.Acked,
@@ -136,7 +72,7 @@ func (a *Agent) status(state, reason string) Status {
 		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
 	}
 	if open := a.doorOpen(); open != nil {
-		s.Door = &DoorStatus{Open: *open}
+		s.Door = &contract.DoorStatus{Open: *open}
 	}
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)
@@ -152,11 +88,12 @@ func (a *Agent) statusPayload(state, reason string) []byte {
 	return b
 }
 
-// offlinePayload is the last will (reason "lost") or the clean-stop status ("shutdown").
+// offlinePayload is the last will (contract.ReasonLost) or the clean-stop status
+// (contract.ReasonShutdown).
 func (a *Agent) offlinePayload(reason string) []byte {
-	b, _ := json.Marshal(map[string]any{
-		"state": "offline", "reason": reason, "station_id": a.cfg.StationID,
-		"boot_id": a.bootID, "version": a.version, "ts": rfc3339(a.now()),
+	b, _ := json.Marshal(contract.Offline{
+		State: contract.StateOffline, Reason: reason, StationID: a.cfg.StationID,
+		BootID: a.bootID, Version: a.version, TS: rfc3339(a.now()),
 	})
 	return b
 }
@@ -246,7 +183,7 @@ func (c *clockWatch) observe(wall time.Time, mono time.Duration) (jump time.Dura
 // clockJumped writes a clock.jump record so the central side can correct earlier timestamps.
 func (a *Agent) clockJumped(jump time.Duration, expected, actual time.Time) {
 	a.log.Warn("wall clock jumped", "by", jump, "expected", rfc3339(expected), "now", rfc3339(actual))
-	r := a.newRecord(TypeClockJump)
+	r := a.newRecord(contract.TypeClockJump)
 	r.Data = map[string]any{"jump_ms": jump.Milliseconds(), "expected": rfc3339(expected), "now": rfc3339(actual)}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing clock.jump record", "err", err)
@@ -267,34 +204,18 @@ func (a *Agent) statusLine() string {
 	return line
 }
 
-// Telemetry is the heartbeat published on the telemetry topic.
-type Telemetry struct {
-	TS          string                     `json:"ts"`
-	ClockSynced bool                       `json:"clock_synced"`
-	BootID      string                     `json:"boot_id"`
-	UptimeMS    int64                      `json:"uptime_ms"`
-	Queue       QueueStatus                `json:"queue"`
-	Connects    uint64                     `json:"connects"`
-	Failures    uint64                     `json:"failures"`
-	Reader      ComponentHealth            `json:"reader"`
-	Components  map[string]ComponentHealth `json:"components,omitempty"`
-	Environment map[string]float64         `json:"environment,omitempty"`
-	Door        *DoorStatus                `json:"door,omitempty"`
-	Commands    CommandStats               `json:"commands"`
-}
-
-func (a *Agent) telemetry() Telemetry {
+func (a *Agent) telemetry() contract.Telemetry {
 	ls := a.link.Stats()
 	q := a.queueStatus()
 	q.Streams = nil
-	t := Telemetry{
+	t := contract.Telemetry{
 		TS: rfc3339(a.now()), ClockSynced: a.synced(), BootID: a.bootID,
 		UptimeMS: time.Since(a.start).Milliseconds(), Queue: q,
 		Connects: ls.Connects, Failures: ls.Failures, Reader: a.readerHealth(),
 		Components: a.components(), Environment: a.environment(), Commands: a.cmdStats.snapshot(),
 	}
 	if open := a.doorOpen(); open != nil {
-		t.Door = &DoorStatus{Open: *open}
+		t.Door = &contract.DoorStatus{Open: *open}
 	}
 	return t
 }
@@ -329,7 +250,7 @@ func (a *Agent) sendTelemetry() {
 	if err != nil {
 		return
 	}
-	if a.link.PublishNow(a.topics.telemetry, b) {
+	if a.link.PublishNow(a.topics.Telemetry, b) {
 		a.flushTelemetry() // back online: what was kept goes out through the store
 		return
 	}

@@ -35,87 +35,15 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"station.dev/agent/agent/contract"
 )
-
-// Command is a plain command.
-type Command struct {
-	ID        string          `json:"id"`
-	Name      string          `json:"name"`
-	Args      json.RawMessage `json:"args,omitempty"`
-	ExpiresAt string          `json:"expires_at,omitempty"` // RFC 3339
-	Target    string          `json:"target"`               // station id or "*"
-}
-
-// Signed is the signed envelope. Both fields are base64url without padding.
-type Signed struct {
-	Signed string `json:"signed"`
-	Sig    string `json:"sig"`
-	Kid    string `json:"kid,omitempty"`
-}
-
-// Response is a station's answer to a command, published on {p}/{id}/resp.
-type Response struct {
-	ID     string          `json:"id"`
-	OK     bool            `json:"ok"`
-	Result json.RawMessage `json:"result,omitempty"`
-	Error  *Error          `json:"error,omitempty"`
-	TS     string          `json:"ts"` // when the station handled the command, RFC 3339 UTC
-}
-
-// Error is the error of a failed command. Its Message never holds card data.
-type Error struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-// Error codes of a Response.
-const (
-	CodeBadRequest     = "bad_request"     // malformed: not JSON, too large, missing fields, wrong types
-	CodeUnknownCommand = "unknown_command" // the station has no such command
-	CodeExpired        = "expired"         // expires_at has passed
-	CodeReplayed       = "replayed"        // reserved: the id was seen but no stored response remains
-	CodeUnauthorized   = "unauthorized"    // unsigned with keys configured, or a bad signature
-	CodeWrongTarget    = "wrong_target"    // addressed to another station
-	CodeFailed         = "failed"          // the command ran and failed
-)
-
-// MaxPayload is the largest command payload (the whole envelope) a station accepts.
-const MaxPayload = 64 << 10
-
-// MaxIDLen is the longest command id, in characters.
-const MaxIDLen = 64
 
 // maxNameLen bounds a command name: names are logged and must stay short.
 const maxNameLen = 64
 
-// AllStations is the target of a command for every station (sent on {p}/_fleet/cmd).
-const AllStations = "*"
-
-// Error implements the error interface.
-func (e *Error) Error() string { return "command: " + e.Code + ": " + e.Message }
-
-func errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// Expired reports whether the command has expired at now: true from the instant expires_at names.
-// A command without expires_at never expires. The error reports an unreadable expires_at (Decode
-// has already refused those).
-func (c *Command) Expired(now time.Time) (bool, error) {
-	if c.ExpiresAt == "" {
-		return false, nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, c.ExpiresAt)
-	if err != nil {
-		return false, errors.New("command: expires_at is not an RFC 3339 time")
-	}
-	return !now.Before(t), nil
-}
-
-// For reports whether the command is addressed to the station with the given id, by its id or
-// to every station ("*").
-func (c *Command) For(stationID string) bool {
-	return c.Target == AllStations || (c.Target != "" && c.Target == stationID)
+func errorf(code, format string, args ...any) *contract.Error {
+	return &contract.Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
 // Keys is the set of fleet command public keys a station trusts. The zero value and nil hold no
@@ -217,7 +145,7 @@ func NewID() string {
 
 // Sign returns the signed envelope of the plain command bytes plain, signed with priv and
 // labelled with kid (omitted when empty; usually KeyID of priv's public key). plain must be a
-// well-formed plain command, and the envelope must fit in MaxPayload.
+// well-formed plain command, and the envelope must fit in contract.MaxCommandBytes.
 func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 	if len(priv) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("command: sign: an Ed25519 private key is %d bytes, this is %d", ed25519.PrivateKeySize, len(priv))
@@ -231,7 +159,7 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 			return nil, errors.New("command: sign: already a signed envelope")
 		}
 	}
-	env, err := json.Marshal(Signed{
+	env, err := json.Marshal(contract.Signed{
 		Signed: b64.EncodeToString(plain),
 		Sig:    b64.EncodeToString(ed25519.Sign(priv, plain)),
 		Kid:    kid,
@@ -239,15 +167,15 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("command: sign: %w", err)
 	}
-	if len(env) > MaxPayload {
-		return nil, fmt.Errorf("command: sign: the signed command is %d bytes, more than the %d a station accepts", len(env), MaxPayload)
+	if len(env) > contract.MaxCommandBytes {
+		return nil, fmt.Errorf("command: sign: the signed command is %d bytes, more than the %d a station accepts", len(env), contract.MaxCommandBytes)
 	}
 	return env, nil
 }
 
 // Decode turns a payload from a command topic into a command. It checks, in this order:
 //
-//  1. size: more than MaxPayload is bad_request (the id is still read, so the sender hears why);
+//  1. size: more than contract.MaxCommandBytes is bad_request (the id is still read, so the sender hears why);
 //  2. a JSON object, in the plain or the signed form (an object with a "signed" or "sig"
 //     member is an envelope);
 //  3. authenticity: with keys configured, a plain command is unauthorized, and so is a signed one
@@ -267,9 +195,9 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 // is the plain command's bytes (the payload itself for a plain command), or nil when they could
 // not be extracted or the payload is too large. err is nil when the command is well-formed and
 // authentic; then cmd is complete.
-func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error) {
-	if len(payload) > MaxPayload {
-		return idOnly(claimedID(payload, true)), nil, errorf(CodeBadRequest, "command of %d bytes is larger than %d", len(payload), MaxPayload)
+func Decode(payload []byte, keys *Keys) (cmd *contract.Command, inner []byte, err *contract.Error) {
+	if len(payload) > contract.MaxCommandBytes {
+		return idOnly(claimedID(payload, true)), nil, errorf(contract.CodeBadRequest, "command of %d bytes is larger than %d", len(payload), contract.MaxCommandBytes)
 	}
 	var top map[string]json.RawMessage
 	if e := unmarshalObject(payload, &top); e != nil {
@@ -279,14 +207,14 @@ func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error)
 	_, hasSig := top["sig"]
 	if !hasSigned && !hasSig {
 		if keys.Len() > 0 {
-			return idOnly(readID(top)), payload, errorf(CodeUnauthorized, "unsigned command: this station accepts only signed commands")
+			return idOnly(readID(top)), payload, errorf(contract.CodeUnauthorized, "unsigned command: this station accepts only signed commands")
 		}
 		return decodeInner(payload, top)
 	}
 
 	// Signed form. The inner bytes are read leniently first, only to learn the claimed id for
 	// the answer; the envelope is then checked strictly.
-	var env Signed
+	var env contract.Signed
 	signedB, e := stringMember(top, "signed", true)
 	if e != nil {
 		return idOnly(claimedSignedID(top)), nil, e
@@ -300,11 +228,11 @@ func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error)
 	}
 	plain, err1 := b64.DecodeString(env.Signed)
 	if err1 != nil {
-		return idOnly(claimedSignedID(top)), nil, errorf(CodeBadRequest, "signed: not base64url without padding")
+		return idOnly(claimedSignedID(top)), nil, errorf(contract.CodeBadRequest, "signed: not base64url without padding")
 	}
 	sig, err1 := b64.DecodeString(env.Sig)
 	if err1 != nil || len(sig) != ed25519.SignatureSize {
-		return idOnly(claimedSignedID(top)), plain, errorf(CodeBadRequest, "sig: not a %d-byte Ed25519 signature in base64url without padding", ed25519.SignatureSize)
+		return idOnly(claimedSignedID(top)), plain, errorf(contract.CodeBadRequest, "sig: not a %d-byte Ed25519 signature in base64url without padding", ed25519.SignatureSize)
 	}
 	if keys.Len() > 0 && !keys.verify(env.Kid, plain, sig) {
 		msg := "signature does not verify with any configured key"
@@ -314,7 +242,7 @@ func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error)
 				msg = "kid names no configured key"
 			}
 		}
-		return idOnly(idFromBytes(plain)), plain, errorf(CodeUnauthorized, "%s", msg)
+		return idOnly(idFromBytes(plain)), plain, errorf(contract.CodeUnauthorized, "%s", msg)
 	}
 	var innerTop map[string]json.RawMessage
 	if e := unmarshalObject(plain, &innerTop); e != nil {
@@ -322,7 +250,7 @@ func Decode(payload []byte, keys *Keys) (cmd *Command, inner []byte, err *Error)
 		return nil, plain, e
 	}
 	if _, nested := innerTop["signed"]; nested {
-		return idOnly(readID(innerTop)), plain, errorf(CodeBadRequest, "signed: holds another envelope, not a plain command")
+		return idOnly(readID(innerTop)), plain, errorf(contract.CodeBadRequest, "signed: holds another envelope, not a plain command")
 	}
 	return decodeInner(plain, innerTop)
 }
@@ -336,61 +264,61 @@ func (k *Keys) hasKid(kid string) bool {
 	return false
 }
 
-func idOnly(id string) *Command {
+func idOnly(id string) *contract.Command {
 	if id == "" {
 		return nil
 	}
-	return &Command{ID: id}
+	return &contract.Command{ID: id}
 }
 
 // unmarshalObject decodes b as one JSON object into top.
-func unmarshalObject(b []byte, top *map[string]json.RawMessage) *Error {
+func unmarshalObject(b []byte, top *map[string]json.RawMessage) *contract.Error {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
-		return errorf(CodeBadRequest, "empty payload, want a JSON object")
+		return errorf(contract.CodeBadRequest, "empty payload, want a JSON object")
 	}
 	if b[0] != '{' {
-		return errorf(CodeBadRequest, "not a JSON object")
+		return errorf(contract.CodeBadRequest, "not a JSON object")
 	}
 	if err := json.Unmarshal(b, top); err != nil || *top == nil {
-		return errorf(CodeBadRequest, "not valid JSON")
+		return errorf(contract.CodeBadRequest, "not valid JSON")
 	}
 	return nil
 }
 
 // decodeInner checks the members of a plain command.
-func decodeInner(raw []byte, top map[string]json.RawMessage) (*Command, []byte, *Error) {
+func decodeInner(raw []byte, top map[string]json.RawMessage) (*contract.Command, []byte, *contract.Error) {
 	id, e := stringMember(top, "id", true)
 	if e != nil {
 		return nil, raw, e
 	}
 	if !validID(id) {
-		return nil, raw, errorf(CodeBadRequest, "id: want 1 to %d printable characters", MaxIDLen)
+		return nil, raw, errorf(contract.CodeBadRequest, "id: want 1 to %d printable characters", contract.MaxCommandID)
 	}
-	c := &Command{ID: id}
+	c := &contract.Command{ID: id}
 	if c.Name, e = stringMember(top, "name", true); e != nil {
 		return c, raw, e
 	}
 	if c.Name == "" || utf8.RuneCountInString(c.Name) > maxNameLen || !printable(c.Name) {
-		return c, raw, errorf(CodeBadRequest, "name: want 1 to %d printable characters", maxNameLen)
+		return c, raw, errorf(contract.CodeBadRequest, "name: want 1 to %d printable characters", maxNameLen)
 	}
 	if c.Target, e = stringMember(top, "target", true); e != nil {
 		return c, raw, e
 	}
 	if c.Target == "" {
-		return c, raw, errorf(CodeBadRequest, "target: want a station id or %q", AllStations)
+		return c, raw, errorf(contract.CodeBadRequest, "target: want a station id or %q", contract.FleetTarget)
 	}
 	if c.ExpiresAt, e = stringMember(top, "expires_at", false); e != nil {
 		return c, raw, e
 	}
 	if c.ExpiresAt != "" {
 		if _, err := time.Parse(time.RFC3339Nano, c.ExpiresAt); err != nil {
-			return c, raw, errorf(CodeBadRequest, "expires_at: not an RFC 3339 time")
+			return c, raw, errorf(contract.CodeBadRequest, "expires_at: not an RFC 3339 time")
 		}
 	}
 	if a, ok := top["args"]; ok && !isNull(a) {
 		if t := bytes.TrimSpace(a); len(t) == 0 || t[0] != '{' {
-			return c, raw, errorf(CodeBadRequest, "args: want a JSON object")
+			return c, raw, errorf(contract.CodeBadRequest, "args: want a JSON object")
 		}
 		c.Args = append(json.RawMessage(nil), a...)
 	}
@@ -401,24 +329,24 @@ func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null
 
 // stringMember reads member name as a string. A missing member (or null, for an optional one)
 // gives "".
-func stringMember(top map[string]json.RawMessage, name string, required bool) (string, *Error) {
+func stringMember(top map[string]json.RawMessage, name string, required bool) (string, *contract.Error) {
 	v, ok := top[name]
 	if !ok || (!required && isNull(v)) {
 		if required {
-			return "", errorf(CodeBadRequest, "%s: missing", name)
+			return "", errorf(contract.CodeBadRequest, "%s: missing", name)
 		}
 		return "", nil
 	}
 	var s string
 	if t := bytes.TrimSpace(v); len(t) == 0 || t[0] != '"' || json.Unmarshal(t, &s) != nil {
-		return "", errorf(CodeBadRequest, "%s: want a string", name)
+		return "", errorf(contract.CodeBadRequest, "%s: want a string", name)
 	}
 	return s, nil
 }
 
 func validID(id string) bool {
 	n := utf8.RuneCountInString(id)
-	return n >= 1 && n <= MaxIDLen && printable(id)
+	return n >= 1 && n <= contract.MaxCommandID && printable(id)
 }
 
 // printable reports whether s is valid UTF-8 made of printable characters (spaces other than

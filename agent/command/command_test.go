@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/command"
+	"station.dev/agent/agent/contract"
 )
 
 type keyPair struct {
@@ -54,7 +55,7 @@ func mustJSON(t testing.TB, v any) []byte {
 // envelope builds a signed envelope by hand, so tests can break any part of it.
 func envelope(t testing.TB, signed, sig []byte, kid string) []byte {
 	t.Helper()
-	return mustJSON(t, command.Signed{
+	return mustJSON(t, contract.Signed{
 		Signed: base64.RawURLEncoding.EncodeToString(signed),
 		Sig:    base64.RawURLEncoding.EncodeToString(sig),
 		Kid:    kid,
@@ -71,21 +72,21 @@ func TestDecodeWellFormed(t *testing.T) {
 		payload []byte
 		keys    *command.Keys
 		inner   string
-		want    command.Command
+		want    contract.Command
 	}{
-		{"plain, no keys", []byte(ping), nil, ping, command.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
+		{"plain, no keys", []byte(ping), nil, ping, contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
 		{"plain with every member, unknown member ignored", []byte(full), nil, full,
-			command.Command{ID: "c-2", Name: "config.set", Args: json.RawMessage(`{"k":1}`), ExpiresAt: "2030-01-02T03:04:05.123456789Z", Target: "*"}},
+			contract.Command{ID: "c-2", Name: "config.set", Args: json.RawMessage(`{"k":1}`), ExpiresAt: "2030-01-02T03:04:05.123456789Z", Target: "*"}},
 		{"null optional members", []byte(`{"id":"c-3","name":"ping","target":"st-1","args":null,"expires_at":null}`), nil, "",
-			command.Command{ID: "c-3", Name: "ping", Target: "st-1"}},
+			contract.Command{ID: "c-3", Name: "ping", Target: "st-1"}},
 		{"signed, kid given", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), kp.kid), keysOf(t, kp), ping,
-			command.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
+			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
 		{"signed, no kid: every key tried", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), ""), keysOf(t, newKey(t), kp), ping,
-			command.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
+			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
 		{"signed, no keys configured: accepted unverified", envelope(t, []byte(ping), make([]byte, 64), "whatever"), nil, ping,
-			command.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
+			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
 		{"id of 64 characters, not all ASCII", []byte(`{"id":"` + strings.Repeat("é", 64) + `","name":"ping","target":"st-1"}`), nil, "",
-			command.Command{ID: strings.Repeat("é", 64), Name: "ping", Target: "st-1"}},
+			contract.Command{ID: strings.Repeat("é", 64), Name: "ping", Target: "st-1"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -119,12 +120,12 @@ func TestDecodeMalformed(t *testing.T) {
 	if len(odd)%3 == 0 {
 		t.Fatal("the test needs a length that base64 pads")
 	}
-	padded := mustJSON(t, command.Signed{
+	padded := mustJSON(t, contract.Signed{
 		Signed: base64.URLEncoding.EncodeToString([]byte(odd)),
 		Sig:    base64.RawURLEncoding.EncodeToString(sign(odd)),
 		Kid:    kp.kid,
 	})
-	paddedSig := mustJSON(t, command.Signed{
+	paddedSig := mustJSON(t, contract.Signed{
 		Signed: base64.RawURLEncoding.EncodeToString([]byte(odd)),
 		Sig:    base64.URLEncoding.EncodeToString(sign(odd)),
 	})
@@ -137,52 +138,52 @@ func TestDecodeMalformed(t *testing.T) {
 		code    string
 		id      string // "" means no command returned
 	}{
-		{"not JSON", []byte(`ping please`), nil, command.CodeBadRequest, ""},
-		{"empty", nil, nil, command.CodeBadRequest, ""},
-		{"truncated JSON", []byte(`{"id":"c-1","name":"pi`), nil, command.CodeBadRequest, ""},
-		{"trailing garbage", []byte(ping + `x`), nil, command.CodeBadRequest, ""},
-		{"array", []byte(`[` + ping + `]`), nil, command.CodeBadRequest, ""},
-		{"string", []byte(`"ping"`), nil, command.CodeBadRequest, ""},
-		{"null", []byte(`null`), nil, command.CodeBadRequest, ""},
-		{"1 MiB with an id", []byte(big), nil, command.CodeBadRequest, "big-1"},
-		{"1 MiB without an id", []byte(strings.Replace(big, `"id"`, `"idx"`, 1)), nil, command.CodeBadRequest, ""},
-		{"1 MiB signed with an id", envelope(t, []byte(big), make([]byte, 64), ""), keys, command.CodeBadRequest, "big-1"},
-		{"1 MiB not JSON", bytes.Repeat([]byte("{"), 1<<20), nil, command.CodeBadRequest, ""},
-		{"missing id", []byte(`{"name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"empty id", []byte(`{"id":"","name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"id of 65 characters", []byte(`{"id":"` + strings.Repeat("a", 65) + `","name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"id with a control character", []byte(`{"id":"c\n1","name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"id a number", []byte(`{"id":17,"name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"id null", []byte(`{"id":null,"name":"ping","target":"st-1"}`), nil, command.CodeBadRequest, ""},
-		{"name missing", []byte(`{"id":"c-1","target":"st-1"}`), nil, command.CodeBadRequest, "c-1"},
-		{"name empty", []byte(`{"id":"c-1","name":"","target":"st-1"}`), nil, command.CodeBadRequest, "c-1"},
-		{"name a number", []byte(`{"id":"c-1","name":1,"target":"st-1"}`), nil, command.CodeBadRequest, "c-1"},
-		{"target missing", []byte(`{"id":"c-1","name":"ping"}`), nil, command.CodeBadRequest, "c-1"},
-		{"target a list", []byte(`{"id":"c-1","name":"ping","target":["st-1"]}`), nil, command.CodeBadRequest, "c-1"},
-		{"args a string", []byte(`{"id":"c-1","name":"ping","target":"st-1","args":"{}"}`), nil, command.CodeBadRequest, "c-1"},
-		{"args an array", []byte(`{"id":"c-1","name":"ping","target":"st-1","args":[]}`), nil, command.CodeBadRequest, "c-1"},
-		{"expires_at garbage", []byte(`{"id":"c-1","name":"ping","target":"st-1","expires_at":"tomorrow"}`), nil, command.CodeBadRequest, "c-1"},
-		{"expires_at a number", []byte(`{"id":"c-1","name":"ping","target":"st-1","expires_at":1700000000}`), nil, command.CodeBadRequest, "c-1"},
-		{"unsigned with keys", []byte(ping), keys, command.CodeUnauthorized, "c-1"},
-		{"unsigned and malformed with keys", []byte(`{"id":"c-1"}`), keys, command.CodeUnauthorized, "c-1"},
-		{"bad signature", envelope(t, []byte(ping), sign(`{"other":"bytes"}`), kp.kid), keys, command.CodeUnauthorized, "c-1"},
-		{"bad signature, no kid", envelope(t, []byte(ping), sign(`{"other":"bytes"}`), ""), keys, command.CodeUnauthorized, "c-1"},
-		{"signature by an unknown key", envelope(t, []byte(ping), ed25519.Sign(other.priv, []byte(ping)), other.kid), keys, command.CodeUnauthorized, "c-1"},
-		{"signature by an unknown key, no kid", envelope(t, []byte(ping), ed25519.Sign(other.priv, []byte(ping)), ""), keys, command.CodeUnauthorized, "c-1"},
-		{"wrong kid", envelope(t, []byte(ping), sign(ping), other.kid), keysOf(t, kp, other), command.CodeUnauthorized, "c-1"},
-		{"tampered signed bytes", tampered, keys, command.CodeUnauthorized, "c-1"},
-		{"signed with padding", padded, keys, command.CodeBadRequest, "c-odd"},
-		{"sig with padding", paddedSig, keys, command.CodeBadRequest, "c-odd"},
-		{"signed standard alphabet", mustJSON(t, map[string]string{"signed": "+/+/", "sig": base64.RawURLEncoding.EncodeToString(make([]byte, 64))}), keys, command.CodeBadRequest, ""},
-		{"sig too short", envelope(t, []byte(ping), make([]byte, 63), ""), keys, command.CodeBadRequest, "c-1"},
-		{"sig missing", mustJSON(t, map[string]string{"signed": base64.RawURLEncoding.EncodeToString([]byte(ping))}), keys, command.CodeBadRequest, "c-1"},
-		{"signed missing", mustJSON(t, map[string]string{"sig": base64.RawURLEncoding.EncodeToString(sign(ping))}), keys, command.CodeBadRequest, ""},
-		{"signed a number", []byte(`{"signed":5,"sig":"AA"}`), keys, command.CodeBadRequest, ""},
-		{"kid a number", []byte(`{"signed":"` + base64.RawURLEncoding.EncodeToString([]byte(ping)) + `","sig":"AA","kid":5}`), keys, command.CodeBadRequest, "c-1"},
-		{"signed inner not JSON", envelope(t, []byte("ping"), sign("ping"), kp.kid), keys, command.CodeBadRequest, ""},
-		{"signed inner an array", envelope(t, []byte(`[1]`), sign(`[1]`), kp.kid), keys, command.CodeBadRequest, ""},
-		{"signed inner malformed", envelope(t, []byte(`{"id":"c-9","target":"*"}`), sign(`{"id":"c-9","target":"*"}`), kp.kid), keys, command.CodeBadRequest, "c-9"},
-		{"signed inner malformed, no keys", envelope(t, []byte(`{"id":"c-9","name":7,"target":"*"}`), make([]byte, 64), ""), nil, command.CodeBadRequest, "c-9"},
+		{"not JSON", []byte(`ping please`), nil, contract.CodeBadRequest, ""},
+		{"empty", nil, nil, contract.CodeBadRequest, ""},
+		{"truncated JSON", []byte(`{"id":"c-1","name":"pi`), nil, contract.CodeBadRequest, ""},
+		{"trailing garbage", []byte(ping + `x`), nil, contract.CodeBadRequest, ""},
+		{"array", []byte(`[` + ping + `]`), nil, contract.CodeBadRequest, ""},
+		{"string", []byte(`"ping"`), nil, contract.CodeBadRequest, ""},
+		{"null", []byte(`null`), nil, contract.CodeBadRequest, ""},
+		{"1 MiB with an id", []byte(big), nil, contract.CodeBadRequest, "big-1"},
+		{"1 MiB without an id", []byte(strings.Replace(big, `"id"`, `"idx"`, 1)), nil, contract.CodeBadRequest, ""},
+		{"1 MiB signed with an id", envelope(t, []byte(big), make([]byte, 64), ""), keys, contract.CodeBadRequest, "big-1"},
+		{"1 MiB not JSON", bytes.Repeat([]byte("{"), 1<<20), nil, contract.CodeBadRequest, ""},
+		{"missing id", []byte(`{"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"empty id", []byte(`{"id":"","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id of 65 characters", []byte(`{"id":"` + strings.Repeat("a", 65) + `","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id with a control character", []byte(`{"id":"c\n1","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id a number", []byte(`{"id":17,"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id null", []byte(`{"id":null,"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"name missing", []byte(`{"id":"c-1","target":"st-1"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"name empty", []byte(`{"id":"c-1","name":"","target":"st-1"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"name a number", []byte(`{"id":"c-1","name":1,"target":"st-1"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"target missing", []byte(`{"id":"c-1","name":"ping"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"target a list", []byte(`{"id":"c-1","name":"ping","target":["st-1"]}`), nil, contract.CodeBadRequest, "c-1"},
+		{"args a string", []byte(`{"id":"c-1","name":"ping","target":"st-1","args":"{}"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"args an array", []byte(`{"id":"c-1","name":"ping","target":"st-1","args":[]}`), nil, contract.CodeBadRequest, "c-1"},
+		{"expires_at garbage", []byte(`{"id":"c-1","name":"ping","target":"st-1","expires_at":"tomorrow"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"expires_at a number", []byte(`{"id":"c-1","name":"ping","target":"st-1","expires_at":1700000000}`), nil, contract.CodeBadRequest, "c-1"},
+		{"unsigned with keys", []byte(ping), keys, contract.CodeUnauthorized, "c-1"},
+		{"unsigned and malformed with keys", []byte(`{"id":"c-1"}`), keys, contract.CodeUnauthorized, "c-1"},
+		{"bad signature", envelope(t, []byte(ping), sign(`{"other":"bytes"}`), kp.kid), keys, contract.CodeUnauthorized, "c-1"},
+		{"bad signature, no kid", envelope(t, []byte(ping), sign(`{"other":"bytes"}`), ""), keys, contract.CodeUnauthorized, "c-1"},
+		{"signature by an unknown key", envelope(t, []byte(ping), ed25519.Sign(other.priv, []byte(ping)), other.kid), keys, contract.CodeUnauthorized, "c-1"},
+		{"signature by an unknown key, no kid", envelope(t, []byte(ping), ed25519.Sign(other.priv, []byte(ping)), ""), keys, contract.CodeUnauthorized, "c-1"},
+		{"wrong kid", envelope(t, []byte(ping), sign(ping), other.kid), keysOf(t, kp, other), contract.CodeUnauthorized, "c-1"},
+		{"tampered signed bytes", tampered, keys, contract.CodeUnauthorized, "c-1"},
+		{"signed with padding", padded, keys, contract.CodeBadRequest, "c-odd"},
+		{"sig with padding", paddedSig, keys, contract.CodeBadRequest, "c-odd"},
+		{"signed standard alphabet", mustJSON(t, map[string]string{"signed": "+/+/", "sig": base64.RawURLEncoding.EncodeToString(make([]byte, 64))}), keys, contract.CodeBadRequest, ""},
+		{"sig too short", envelope(t, []byte(ping), make([]byte, 63), ""), keys, contract.CodeBadRequest, "c-1"},
+		{"sig missing", mustJSON(t, map[string]string{"signed": base64.RawURLEncoding.EncodeToString([]byte(ping))}), keys, contract.CodeBadRequest, "c-1"},
+		{"signed missing", mustJSON(t, map[string]string{"sig": base64.RawURLEncoding.EncodeToString(sign(ping))}), keys, contract.CodeBadRequest, ""},
+		{"signed a number", []byte(`{"signed":5,"sig":"AA"}`), keys, contract.CodeBadRequest, ""},
+		{"kid a number", []byte(`{"signed":"` + base64.RawURLEncoding.EncodeToString([]byte(ping)) + `","sig":"AA","kid":5}`), keys, contract.CodeBadRequest, "c-1"},
+		{"signed inner not JSON", envelope(t, []byte("ping"), sign("ping"), kp.kid), keys, contract.CodeBadRequest, ""},
+		{"signed inner an array", envelope(t, []byte(`[1]`), sign(`[1]`), kp.kid), keys, contract.CodeBadRequest, ""},
+		{"signed inner malformed", envelope(t, []byte(`{"id":"c-9","target":"*"}`), sign(`{"id":"c-9","target":"*"}`), kp.kid), keys, contract.CodeBadRequest, "c-9"},
+		{"signed inner malformed, no keys", envelope(t, []byte(`{"id":"c-9","name":7,"target":"*"}`), make([]byte, 64), ""), nil, contract.CodeBadRequest, "c-9"},
 	}
 	// A signed envelope inside a signed envelope.
 	nested := envelope(t, []byte(ping), sign(ping), kp.kid)
@@ -192,7 +193,7 @@ func TestDecodeMalformed(t *testing.T) {
 		keys    *command.Keys
 		code    string
 		id      string
-	}{"nested envelope", envelope(t, nested, ed25519.Sign(kp.priv, nested), kp.kid), keys, command.CodeBadRequest, ""})
+	}{"nested envelope", envelope(t, nested, ed25519.Sign(kp.priv, nested), kp.kid), keys, contract.CodeBadRequest, ""})
 
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -240,7 +241,7 @@ func TestDecodeErrorsDoNotEchoThePayload(t *testing.T) {
 
 func TestExpired(t *testing.T) {
 	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	c := &command.Command{ExpiresAt: "2030-01-02T11:04:05+08:00"}
+	c := &contract.Command{ExpiresAt: "2030-01-02T11:04:05+08:00"}
 	for _, tc := range []struct {
 		now  time.Time
 		want bool
@@ -254,10 +255,10 @@ func TestExpired(t *testing.T) {
 			t.Errorf("Expired(%s) = %v, %v; want %v", tc.now, got, err, tc.want)
 		}
 	}
-	if got, err := (&command.Command{}).Expired(at.Add(1000 * time.Hour)); got || err != nil {
+	if got, err := (&contract.Command{}).Expired(at.Add(1000 * time.Hour)); got || err != nil {
 		t.Errorf("no expires_at: Expired = %v, %v; want false, nil", got, err)
 	}
-	if _, err := (&command.Command{ExpiresAt: "soon"}).Expired(at); err == nil || !strings.HasPrefix(err.Error(), "command: ") {
+	if _, err := (&contract.Command{ExpiresAt: "soon"}).Expired(at); err == nil || !strings.HasPrefix(err.Error(), "command: ") {
 		t.Errorf("garbage expires_at: err = %v", err)
 	}
 }
@@ -269,7 +270,7 @@ func TestFor(t *testing.T) {
 	}{
 		{"st-1", "st-1", true}, {"*", "st-1", true}, {"st-2", "st-1", false}, {"", "", false}, {"ST-1", "st-1", false},
 	} {
-		if got := (&command.Command{Target: tc.target}).For(tc.station); got != tc.want {
+		if got := (&contract.Command{Target: tc.target}).For(tc.station); got != tc.want {
 			t.Errorf("target %q For(%q) = %v, want %v", tc.target, tc.station, got, tc.want)
 		}
 	}
@@ -322,7 +323,7 @@ func TestSignThenDecode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s command.Signed
+	var s contract.Signed
 	if err := json.Unmarshal(env, &s); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +388,7 @@ func TestErrorIsAnError(t *testing.T) {
 	if !strings.HasPrefix(err.Error(), "command: bad_request: ") {
 		t.Errorf("Error() = %q", err.Error())
 	}
-	b := mustJSON(t, command.Response{ID: "c-1", Error: e, TS: "2030-01-02T03:04:05Z"})
+	b := mustJSON(t, contract.Response{ID: "c-1", Error: e, TS: "2030-01-02T03:04:05Z"})
 	if !strings.Contains(string(b), `"error":{"code":"bad_request","message":`) || !strings.Contains(string(b), `"ok":false`) {
 		t.Errorf("response JSON = %s", b)
 	}
@@ -410,7 +411,7 @@ func FuzzDecode(f *testing.F) {
 			k = nil
 		}
 		cmd, inner, err := command.Decode(payload, k)
-		if cmd != nil && (cmd.ID == "" || len(cmd.ID) > 4*command.MaxIDLen) {
+		if cmd != nil && (cmd.ID == "" || len(cmd.ID) > 4*contract.MaxCommandID) {
 			t.Fatalf("cmd with an invalid id %q", cmd.ID)
 		}
 		if err != nil {

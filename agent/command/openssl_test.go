@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"station.dev/agent/agent/command"
+	"station.dev/agent/agent/contract"
 )
 
 // Interoperability with OpenSSL: an operator may sign commands with openssl instead of
@@ -78,7 +79,7 @@ func TestOpenSSLSignsStationVerifies(t *testing.T) {
 
 	// The same signature over other bytes must not verify.
 	other := bytes.Replace(plain, []byte("st-1"), []byte("st-2"), 1)
-	if _, _, derr := command.Decode(envelope(t, other, sig, ""), keys); derr == nil || derr.Code != command.CodeUnauthorized {
+	if _, _, derr := command.Decode(envelope(t, other, sig, ""), keys); derr == nil || derr.Code != contract.CodeUnauthorized {
 		t.Fatalf("Decode of altered bytes: %v, want unauthorized", derr)
 	}
 }
@@ -100,7 +101,7 @@ func TestStationSignsOpenSSLVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s command.Signed
+	var s contract.Signed
 	if err := json.Unmarshal(env, &s); err != nil {
 		t.Fatal(err)
 	}

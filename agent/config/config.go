@@ -11,13 +11,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"station.dev/agent/agent/contract"
 )
 
 // Config is the whole configuration. The zero value of a field means "use the default";
@@ -138,7 +138,7 @@ type Display struct {
 // Defaults.
 const (
 	DefaultDataDir      = "/var/lib/station"
-	DefaultTopicPrefix  = "stations"
+	DefaultTopicPrefix  = contract.DefaultTopicPrefix
 	DefaultMaxBytes     = 256 << 20
 	DefaultWindow       = 32
 	DefaultKeepAlive    = 30 * time.Second
@@ -155,11 +155,6 @@ const (
 	// Embedded is the broker value that runs an MQTT broker inside the agent.
 	Embedded = "embedded"
 )
-
-var stationIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-
-// topicPrefixRE keeps MQTT wildcards and empty levels out of topic names.
-var topicPrefixRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
 
 // Load reads and checks the file at path. The result is normalised (defaults filled in).
 func Load(path string) (*Config, error) {
@@ -217,8 +212,8 @@ func (c *Config) Normalize() error {
 	if c.StationID == "" {
 		return errors.New("config: station_id is required")
 	}
-	if !stationIDRE.MatchString(c.StationID) {
-		return fmt.Errorf("config: station_id %q: must match [a-z0-9][a-z0-9._-]{0,63}", c.StationID)
+	if !contract.ValidStationID(c.StationID) {
+		return fmt.Errorf("config: station_id %q: must match %s", c.StationID, contract.StationIDSyntax)
 	}
 	if c.DataDir == "" {
 		c.DataDir = defaultDataDir(c.Sim)
@@ -343,8 +338,8 @@ func (m *MQTT) normalize(sim bool) error {
 	if m.TopicPrefix == "" {
 		m.TopicPrefix = DefaultTopicPrefix
 	}
-	if !topicPrefixRE.MatchString(m.TopicPrefix) {
-		return fmt.Errorf("config: mqtt.topic_prefix %q: letters, digits, . _ - and / between levels only", m.TopicPrefix)
+	if !contract.ValidTopicPrefix(m.TopicPrefix) {
+		return fmt.Errorf("config: mqtt.topic_prefix %q: %s", m.TopicPrefix, contract.TopicPrefixSyntax)
 	}
 	if (m.CertFile == "") != (m.KeyFile == "") {
 		return errors.New("config: mqtt.cert_file and mqtt.key_file go together")

@@ -16,7 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"station.dev/agent/agent"
+	"station.dev/agent/agent/contract"
 )
 
 // agentSpec is one agent run: `station run --sim --config FILE`.
@@ -138,8 +138,8 @@ func (b *bench) stopAgent(a *agentProc) error {
 func (a *agentProc) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		var st agent.Status
-		err := a.get(ctx, "/api/v0/status", &st)
+		var st contract.Status
+		err := a.get(ctx, contract.PathStatus, &st)
 		if err == nil {
 			return nil
 		}
@@ -176,36 +176,36 @@ func (a *agentProc) get(ctx context.Context, path string, v any) error {
 }
 
 // queue returns the agent's queue.
-func (a *agentProc) queue(ctx context.Context) (agent.QueueStatus, error) {
-	var q agent.QueueStatus
-	return q, a.get(ctx, "/api/v0/queue", &q)
+func (a *agentProc) queue(ctx context.Context) (contract.QueueStatus, error) {
+	var q contract.QueueStatus
+	return q, a.get(ctx, contract.PathQueue, &q)
 }
 
 // tap presents one virtual card through POST /api/v0/tap and returns its result once the
 // agent has answered.
-func (a *agentProc) tap(ctx context.Context) (agent.TapResult, error) {
+func (a *agentProc) tap(ctx context.Context) (contract.TapResult, error) {
 	body := strings.NewReader(`{"card":"unionpay-debit","count":1}`)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://station/api/v0/tap", body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://station"+contract.PathTap, body)
 	if err != nil {
-		return agent.TapResult{}, err
+		return contract.TapResult{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return agent.TapResult{}, err
+		return contract.TapResult{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return agent.TapResult{}, fmt.Errorf("POST /api/v0/tap: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+		return contract.TapResult{}, fmt.Errorf("POST /api/v0/tap: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	line, err := bufio.NewReader(resp.Body).ReadBytes('\n')
 	if err != nil {
-		return agent.TapResult{}, fmt.Errorf("POST /api/v0/tap: %w", err)
+		return contract.TapResult{}, fmt.Errorf("POST /api/v0/tap: %w", err)
 	}
-	var r agent.TapResult
+	var r contract.TapResult
 	if err := json.Unmarshal(line, &r); err != nil {
-		return agent.TapResult{}, fmt.Errorf("POST /api/v0/tap: %w", err)
+		return contract.TapResult{}, fmt.Errorf("POST /api/v0/tap: %w", err)
 	}
 	if !r.OK {
 		return r, fmt.Errorf("tap refused: %s", r.Error)
@@ -215,7 +215,7 @@ func (a *agentProc) tap(ctx context.Context) (agent.TapResult, error) {
 
 // waitQueue polls the queue every interval until cond holds, and returns the queue that met
 // it. Polling the local API is how an operator watches the queue, too; the deadline bounds it.
-func (a *agentProc) waitQueue(ctx context.Context, interval, timeout time.Duration, cond func(agent.QueueStatus) bool) (agent.QueueStatus, error) {
+func (a *agentProc) waitQueue(ctx context.Context, interval, timeout time.Duration, cond func(contract.QueueStatus) bool) (contract.QueueStatus, error) {
 	deadline := time.Now().Add(timeout)
 	t := time.NewTicker(interval)
 	defer t.Stop()

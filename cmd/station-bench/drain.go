@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"station.dev/agent/agent"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/store"
 )
 
@@ -60,8 +60,8 @@ func (a *agentProc) drainTime(ctx context.Context, interval, timeout time.Durati
 	defer t.Stop()
 	cpu0 := time.Duration(-1)
 	for {
-		var st agent.Status
-		err := a.get(ctx, "/api/v0/status", &st)
+		var st contract.Status
+		err := a.get(ctx, contract.PathStatus, &st)
 		now := time.Now()
 		connected := err == nil && st.Link != nil && st.Link.Connected
 		if connected && cpu0 < 0 {
@@ -106,7 +106,7 @@ type drainRound struct {
 // drainPaho is one bare paho round: the publisher probe sends n records with at most 32
 // awaiting their PUBACK; the rate is from its first publish to its last PUBACK.
 func (b *bench) drainPaho(ctx context.Context, n int) (drainRound, error) {
-	topic := "stations/" + b.uniqueID("paho") + "/events"
+	topic := contract.Topic(contract.DefaultTopicPrefix, b.uniqueID("paho"), contract.KindEvents)
 	var res pahoResult
 	if err := b.runProbe(ctx, "pub", 5*time.Minute, &res, "pub", b.broker, topic, "drain", fmt.Sprint(n), "32"); err != nil {
 		return drainRound{}, err

@@ -11,8 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"station.dev/agent/agent"
-	"station.dev/agent/drivers/emv"
+	"station.dev/agent/agent/contract"
 )
 
 // payloadEpoch is the timestamp of the first synthetic record.
@@ -27,16 +26,16 @@ func cardRecord(source string, seq uint64) []byte {
 	binary.BigEndian.PutUint64(in[:], seq)
 	h := sha256.Sum256(append([]byte(source+"/"), in[:]...))
 	boot := sha256.Sum256([]byte(source))
-	r := agent.Record{
+	r := contract.Record{
 		ID:          hex.EncodeToString(h[:16]),
 		Seq:         seq,
-		Type:        agent.TypeCardTap,
+		Type:        contract.TypeCardTap,
 		TS:          payloadEpoch.Add(time.Duration(seq) * time.Second).Format(time.RFC3339Nano),
 		ClockSynced: true,
 		BootID:      hex.EncodeToString(boot[:16]),
 		UptimeMS:    int64(seq) * 1000,
-		Card: &emv.Identity{
-			Kind:   "emv",
+		Card: &contract.Card{
+			Kind:   contract.CardEMV,
 			Token:  hex.EncodeToString(h[:]),
 			Masked: "622848******1234", // synthetic
 			Scheme: "unionpay",

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"station.dev/agent/agent"
+	"station.dev/agent/agent/contract"
 )
 
 // pick returns quick in a -quick run, full otherwise.
@@ -39,7 +39,7 @@ func pause(ctx context.Context, d time.Duration) error {
 func (b *bench) startToOnline(ctx context.Context) (err error) {
 	runs := pick(b, 7, 3)
 	id := b.uniqueID("online")
-	sub, err := b.subscribe(ctx, "stations/"+id+"/status")
+	sub, err := b.subscribe(ctx, contract.Topic(contract.DefaultTopicPrefix, id, contract.KindStatus))
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (b *bench) idle(ctx context.Context) (err error) {
 	if err := a.waitReady(ctx, 15*time.Second); err != nil {
 		return err
 	}
-	if _, err := a.waitQueue(ctx, 100*time.Millisecond, 15*time.Second, func(q agent.QueueStatus) bool {
+	if _, err := a.waitQueue(ctx, 100*time.Millisecond, 15*time.Second, func(q contract.QueueStatus) bool {
 		return q.Depth == 0
 	}); err != nil {
 		return fmt.Errorf("the boot record did not reach the broker: %w", err)
@@ -253,7 +253,7 @@ func (b *bench) taps(ctx context.Context) (err error) {
 		return err
 	}
 	log := collectArrivals(sub)
-	empty := func(q agent.QueueStatus) bool { return q.Depth == 0 }
+	empty := func(q contract.QueueStatus) bool { return q.Depth == 0 }
 	if _, err := a.waitQueue(ctx, 50*time.Millisecond, 15*time.Second, empty); err != nil {
 		return fmt.Errorf("the boot record did not reach the broker: %w", err)
 	}
@@ -364,7 +364,7 @@ func (b *bench) telemetryDisk(ctx context.Context) (err error) {
 		return stop(err)
 	}
 	log := collectArrivals(sub)
-	if _, err := a.waitQueue(ctx, 100*time.Millisecond, 15*time.Second, func(q agent.QueueStatus) bool {
+	if _, err := a.waitQueue(ctx, 100*time.Millisecond, 15*time.Second, func(q contract.QueueStatus) bool {
 		return q.Depth == 0
 	}); err != nil {
 		return stop(err)
@@ -373,7 +373,7 @@ func (b *bench) telemetryDisk(ctx context.Context) (err error) {
 		log.mu.Lock()
 		defer log.mu.Unlock()
 		for _, m := range log.all {
-			if m.At >= from && m.At <= to && strings.HasSuffix(m.Topic, "/telemetry") {
+			if m.At >= from && m.At <= to && strings.HasSuffix(m.Topic, "/"+contract.KindTelemetry) {
 				n++
 				bytes += m.Len
 			}
@@ -426,9 +426,9 @@ func (b *bench) telemetryDisk(ctx context.Context) (err error) {
 	}
 	// Offline heartbeats are kept in memory and stored in batches (30 by default): each window
 	// spans one whole batch.
-	depth := func(q agent.QueueStatus) int { return q.Streams["telemetry"].Depth }
+	depth := func(q contract.QueueStatus) int { return q.Streams["telemetry"].Depth }
 	batchWait := 90 * time.Second
-	q0, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q agent.QueueStatus) bool {
+	q0, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q contract.QueueStatus) bool {
 		return depth(q) > 0 // the first batch is in: the loop runs
 	})
 	if err != nil {
@@ -440,7 +440,7 @@ func (b *bench) telemetryDisk(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		if _, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q agent.QueueStatus) bool {
+		if _, err := a.waitQueue(ctx, 100*time.Millisecond, batchWait, func(q contract.QueueStatus) bool {
 			return depth(q) > depth(q0) // the next batch is in
 		}); err != nil {
 			return err

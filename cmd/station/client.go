@@ -16,8 +16,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"station.dev/agent/agent"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/contract"
 )
 
 // client talks to a running agent's local API over its unix socket.
@@ -121,14 +121,14 @@ func cmdStatus(args []string, stdout, _ io.Writer) error {
 		return err
 	}
 	var raw json.RawMessage
-	if err := newClient(f.socket).getJSON("/api/v0/status", &raw); err != nil {
+	if err := newClient(f.socket).getJSON(contract.PathStatus, &raw); err != nil {
 		return err
 	}
 	if f.json {
 		_, err := fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(raw))
 		return err
 	}
-	var s agent.Status
+	var s contract.Status
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func cmdStatus(args []string, stdout, _ io.Writer) error {
 	return tw.Flush()
 }
 
-func healthDetail(h agent.ComponentHealth) string {
+func healthDetail(h contract.ComponentHealth) string {
 	var parts []string
 	if h.Firmware != "" {
 		parts = append(parts, "firmware "+h.Firmware)
@@ -194,7 +194,7 @@ func healthDetail(h agent.ComponentHealth) string {
 	if h.Detail != "" {
 		parts = append(parts, h.Detail)
 	}
-	if h.LastError != "" && h.State != "ok" {
+	if h.LastError != "" && h.State != contract.HealthOK {
 		parts = append(parts, "last error: "+h.LastError)
 	}
 	return strings.Join(parts, ", ")
@@ -233,8 +233,8 @@ func cmdQueue(args []string, stdout, _ io.Writer) error {
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	var q agent.QueueStatus
-	if err := newClient(f.socket).getJSON("/api/v0/queue", &q); err != nil {
+	var q contract.QueueStatus
+	if err := newClient(f.socket).getJSON(contract.PathQueue, &q); err != nil {
 		return err
 	}
 	if f.json {
@@ -260,7 +260,7 @@ func cmdEvents(args []string, stdout, _ io.Writer) error {
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	path := fmt.Sprintf("/api/v0/events?n=%d", *n)
+	path := fmt.Sprintf("%s?n=%d", contract.PathEvents, *n)
 	if *follow {
 		path += "&follow=1"
 	}
@@ -277,7 +277,7 @@ func cmdEvents(args []string, stdout, _ io.Writer) error {
 			fmt.Fprintf(stdout, "%s\n", line)
 			continue
 		}
-		var r agent.Record
+		var r contract.Record
 		if json.Unmarshal(line, &r) != nil {
 			continue
 		}
@@ -286,7 +286,7 @@ func cmdEvents(args []string, stdout, _ io.Writer) error {
 	return sc.Err()
 }
 
-func eventLine(r *agent.Record) string {
+func eventLine(r *contract.Record) string {
 	s := fmt.Sprintf("%6d  %s  %-12s %s", r.Seq, r.TS, r.Type, r.ID)
 	if r.Card != nil {
 		who := r.Card.Masked
@@ -315,7 +315,7 @@ func cmdTap(args []string, stdout, _ io.Writer) error {
 	if *count < 1 {
 		return usagef("--count must be at least 1")
 	}
-	req := agent.TapRequest{Card: *card, Count: *count, Same: *same}
+	req := contract.TapRequest{Card: *card, Count: *count, Same: *same}
 	if *cardFile != "" {
 		if *card != "" {
 			return usagef("--card and --card-file do not go together")
@@ -326,7 +326,7 @@ func cmdTap(args []string, stdout, _ io.Writer) error {
 		}
 		req.Profile = b
 	}
-	resp, err := newClient(f.socket).do("POST", "/api/v0/tap", req)
+	resp, err := newClient(f.socket).do("POST", contract.PathTap, req)
 	if err != nil {
 		return err
 	}
@@ -334,7 +334,7 @@ func cmdTap(args []string, stdout, _ io.Writer) error {
 	dec := json.NewDecoder(resp.Body)
 	got, failed := 0, 0
 	for {
-		var r agent.TapResult
+		var r contract.TapResult
 		if err := dec.Decode(&r); err == io.EOF {
 			break
 		} else if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/command"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -21,7 +22,7 @@ type wireResponse struct {
 	ID     string          `json:"id"`
 	OK     bool            `json:"ok"`
 	Result json.RawMessage `json:"result"`
-	Error  *command.Error  `json:"error"`
+	Error  *contract.Error `json:"error"`
 	TS     string          `json:"ts"`
 }
 
@@ -124,13 +125,13 @@ func TestMalformedCommands(t *testing.T) {
 	f.ping()
 
 	big := map[string]any{"id": "big-1", "name": "ping", "args": map[string]any{"pad": strings.Repeat("x", 1<<20)}}
-	f.wantError(f.sendCmd(big), command.CodeBadRequest)
-	f.wantError(f.sendCmd(map[string]any{"id": "types-1", "name": 42}), command.CodeBadRequest)
-	f.wantError(f.sendCmd(map[string]any{"id": "types-2", "name": "ping", "args": "x"}), command.CodeBadRequest)
-	f.wantError(f.sendCmd(map[string]any{"id": "args-1", "name": "locate", "args": map[string]any{"seconds": "ten"}}), command.CodeBadRequest)
-	f.wantError(f.sendCmd(map[string]any{"id": "unknown-1", "name": "self-destruct"}), command.CodeUnknownCommand)
-	f.wantError(f.sendCmd(map[string]any{"id": "target-1", "name": "ping", "target": "another-station"}), command.CodeWrongTarget)
-	f.wantError(f.sendCmd(map[string]any{"id": "expired-1", "name": "ping", "expires_at": "2001-01-01T00:00:00Z"}), command.CodeExpired)
+	f.wantError(f.sendCmd(big), contract.CodeBadRequest)
+	f.wantError(f.sendCmd(map[string]any{"id": "types-1", "name": 42}), contract.CodeBadRequest)
+	f.wantError(f.sendCmd(map[string]any{"id": "types-2", "name": "ping", "args": "x"}), contract.CodeBadRequest)
+	f.wantError(f.sendCmd(map[string]any{"id": "args-1", "name": "locate", "args": map[string]any{"seconds": "ten"}}), contract.CodeBadRequest)
+	f.wantError(f.sendCmd(map[string]any{"id": "unknown-1", "name": "self-destruct"}), contract.CodeUnknownCommand)
+	f.wantError(f.sendCmd(map[string]any{"id": "target-1", "name": "ping", "target": "another-station"}), contract.CodeWrongTarget)
+	f.wantError(f.sendCmd(map[string]any{"id": "expired-1", "name": "ping", "expires_at": "2001-01-01T00:00:00Z"}), contract.CodeExpired)
 
 	// A replay of the same command gets the same response, without a second execution.
 	id := f.sendCmd(map[string]any{"id": "replay-1", "name": "ping"})
@@ -141,7 +142,7 @@ func TestMalformedCommands(t *testing.T) {
 		t.Fatalf("replay answered differently: %+v vs %+v", first, second)
 	}
 	// The same id for a different command is refused.
-	f.wantError(f.sendCmd(map[string]any{"id": "replay-1", "name": "status"}), command.CodeReplayed)
+	f.wantError(f.sendCmd(map[string]any{"id": "replay-1", "name": "status"}), contract.CodeReplayed)
 
 	// Fleet-wide commands are answered too.
 	b, _ := json.Marshal(map[string]any{"id": "fleet-1", "name": "ping", "target": "*"})
@@ -157,7 +158,7 @@ func TestSignedCommands(t *testing.T) {
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	f := newCmdFixture(t, fmt.Sprintf("[commands]\npublic_keys = [%q]\n", base64.StdEncoding.EncodeToString(pub)))
 
-	f.wantError(f.sendCmd(map[string]any{"id": "unsigned-1", "name": "ping"}), command.CodeUnauthorized)
+	f.wantError(f.sendCmd(map[string]any{"id": "unsigned-1", "name": "ping"}), contract.CodeUnauthorized)
 
 	sign := func(k ed25519.PrivateKey, id string) []byte {
 		plain, _ := json.Marshal(map[string]any{"id": id, "name": "ping", "target": f.spec.id})
@@ -172,7 +173,7 @@ func TestSignedCommands(t *testing.T) {
 		t.Fatalf("signed ping: %+v", r)
 	}
 	f.send(sign(otherPriv, "badsig-1"))
-	f.wantError("badsig-1", command.CodeUnauthorized)
+	f.wantError("badsig-1", contract.CodeUnauthorized)
 	// The signature of one command on the bytes of another.
 	var env, other map[string]string
 	_ = json.Unmarshal(sign(priv, "tamper-1"), &env)
@@ -180,7 +181,7 @@ func TestSignedCommands(t *testing.T) {
 	env["sig"] = other["sig"]
 	tampered, _ := json.Marshal(env)
 	f.send(tampered)
-	f.wantError("tamper-1", command.CodeUnauthorized)
+	f.wantError("tamper-1", contract.CodeUnauthorized)
 }
 
 func TestCommandWhileOfflineRunsOnce(t *testing.T) {
@@ -204,7 +205,7 @@ func TestCommandWhileOfflineRunsOnce(t *testing.T) {
 	f.p.kill(syscall.SIGTERM)
 	f.start("")
 	bad := f.sendCmd(map[string]any{"id": "bad-set-1", "name": "config.set", "args": map[string]any{"telemetry": map[string]any{"interval": "10ms"}}})
-	f.wantError(bad, command.CodeBadRequest)
+	f.wantError(bad, contract.CodeBadRequest)
 	get := f.sendCmd(map[string]any{"id": "get-1", "name": "config.get"})
 	gr := f.response(get)
 	var cfg struct {

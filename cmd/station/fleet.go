@@ -25,9 +25,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"station.dev/agent/agent"
 	fleetcmd "station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/mqtt/operator"
 )
 
@@ -340,13 +340,13 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	target := fleetcmd.AllStations
+	target := contract.FleetTarget
 	if !*all {
 		if len(pos) == 0 {
 			return usagef("want: station fleet send ID|--all NAME [ARGS_JSON]")
 		}
 		target, pos = pos[0], pos[1:]
-		if !operator.ValidStationID(target) {
+		if !contract.ValidStationID(target) {
 			return usagef("%q is not a station id ([a-z0-9][a-z0-9._-]{0,63}); use --all for every station", target)
 		}
 	}
@@ -356,7 +356,7 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 	if *wait < 0 || *expires < 0 {
 		return usagef("--wait and --expires must not be negative")
 	}
-	cmd := fleetcmd.Command{ID: fleetcmd.NewID(), Name: pos[0], Target: target}
+	cmd := contract.Command{ID: fleetcmd.NewID(), Name: pos[0], Target: target}
 	if len(pos) == 2 {
 		a := bytes.TrimSpace([]byte(pos[1]))
 		if len(a) == 0 || a[0] != '{' || !json.Valid(a) {
@@ -456,7 +456,7 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 
 // responseLine renders one response; ok is false unless it is a readable response with ok true.
 func responseLine(r operator.Response, jsonOut bool) (ok bool, line string) {
-	var resp fleetcmd.Response
+	var resp contract.Response
 	readable := json.Unmarshal(r.Payload, &resp) == nil
 	ok = readable && resp.OK
 	if jsonOut {
@@ -503,7 +503,7 @@ func fleetWatch(args []string, stdout, stderr io.Writer) error {
 		return usagef("want: station fleet watch [ID]")
 	case len(pos) == 1:
 		station = pos[0]
-		if !operator.ValidStationID(station) {
+		if !contract.ValidStationID(station) {
 			return usagef("%q is not a station id", station)
 		}
 	}
@@ -620,7 +620,7 @@ func watchLine(m operator.Message, jsonOut bool) string {
 		}
 		return s
 	default:
-		var r agent.Record
+		var r contract.Record
 		if json.Unmarshal(m.Payload, &r) != nil {
 			return fmt.Sprintf("%-20s event   unreadable", m.Station)
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	fleetcmd "station.dev/agent/agent/command"
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/mqtt/brokertest"
 	"station.dev/agent/mqtt/operator"
 )
@@ -150,10 +151,10 @@ func TestFleetKeygen(t *testing.T) {
 type fakeStation struct {
 	t   *testing.T
 	mu  sync.Mutex
-	got []*fleetcmd.Command
+	got []*contract.Command
 }
 
-func startFakeStation(t *testing.T, url, prefix, id string, keys *fleetcmd.Keys, answer func(*fleetcmd.Command) fleetcmd.Response) *fakeStation {
+func startFakeStation(t *testing.T, url, prefix, id string, keys *fleetcmd.Keys, answer func(*contract.Command) contract.Response) *fakeStation {
 	t.Helper()
 	fs := &fakeStation{t: t}
 	cmds := brokertest.Subscribe(t, url, prefix+"/"+id+"/cmd", 16)
@@ -170,15 +171,15 @@ func startFakeStation(t *testing.T, url, prefix, id string, keys *fleetcmd.Keys,
 				return
 			}
 			cmd, _, derr := fleetcmd.Decode(m.Payload, keys)
-			var resp fleetcmd.Response
+			var resp contract.Response
 			switch {
 			case cmd == nil:
 				t.Errorf("station %s: undecodable command %q: %v", id, m.Payload, derr)
 				continue
 			case derr != nil:
-				resp = fleetcmd.Response{ID: cmd.ID, Error: derr}
+				resp = contract.Response{ID: cmd.ID, Error: derr}
 			case !cmd.For(id):
-				resp = fleetcmd.Response{ID: cmd.ID, Error: &fleetcmd.Error{Code: fleetcmd.CodeWrongTarget, Message: "not me"}}
+				resp = contract.Response{ID: cmd.ID, Error: &contract.Error{Code: contract.CodeWrongTarget, Message: "not me"}}
 			default:
 				fs.mu.Lock()
 				fs.got = append(fs.got, cmd)
@@ -194,14 +195,14 @@ func startFakeStation(t *testing.T, url, prefix, id string, keys *fleetcmd.Keys,
 	return fs
 }
 
-func (fs *fakeStation) commands() []*fleetcmd.Command {
+func (fs *fakeStation) commands() []*contract.Command {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	return append([]*fleetcmd.Command(nil), fs.got...)
+	return append([]*contract.Command(nil), fs.got...)
 }
 
-func pong(*fleetcmd.Command) fleetcmd.Response {
-	return fleetcmd.Response{OK: true, Result: json.RawMessage(`{"pong":true}`)}
+func pong(*contract.Command) contract.Response {
+	return contract.Response{OK: true, Result: json.RawMessage(`{"pong":true}`)}
 }
 
 func TestFleetSendPrintsTheResponse(t *testing.T) {
@@ -239,7 +240,7 @@ func TestFleetSendPrintsTheResponse(t *testing.T) {
 	}
 	var line struct {
 		Station  string            `json:"station"`
-		Response fleetcmd.Response `json:"response"`
+		Response contract.Response `json:"response"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &line); err != nil || line.Station != "st-1" || !line.Response.OK || line.Response.ID == "" {
 		t.Fatalf("--json output %q: %v", r.stdout, err)
@@ -277,8 +278,8 @@ func TestFleetSendSigned(t *testing.T) {
 func TestFleetSendFailures(t *testing.T) {
 	url := brokertest.URL(t)
 	p := brokertest.UniquePrefix(t)
-	startFakeStation(t, url, p, "st-1", nil, func(c *fleetcmd.Command) fleetcmd.Response {
-		return fleetcmd.Response{Error: &fleetcmd.Error{Code: fleetcmd.CodeUnknownCommand, Message: "no command " + c.Name}}
+	startFakeStation(t, url, p, "st-1", nil, func(c *contract.Command) contract.Response {
+		return contract.Response{Error: &contract.Error{Code: contract.CodeUnknownCommand, Message: "no command " + c.Name}}
 	})
 	r := fleetWait(t, fleetStart("send", "st-1", "self-destruct", "--broker", url, "--topic-prefix", p))
 	if !errors.Is(r.err, errSilent) || !strings.Contains(r.stdout, "FAILED  unknown_command: no command self-destruct") {

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"text/tabwriter"
 
-	"station.dev/agent/agent"
+	"station.dev/agent/agent/contract"
 )
 
 func cmdSelftest(args []string, stdout, _ io.Writer) error {
@@ -18,8 +18,8 @@ func cmdSelftest(args []string, stdout, _ io.Writer) error {
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	var st agent.SelfTest
-	if err := newClient(f.socket).getJSON("/api/v0/selftest", &st); err != nil {
+	var st contract.SelfTest
+	if err := newClient(f.socket).getJSON(contract.PathSelfTest, &st); err != nil {
 		return err
 	}
 	if f.json {
@@ -62,7 +62,7 @@ func cmdSim(args []string, stdout, _ io.Writer) error {
 	c := newClient(f.socket)
 	switch {
 	case len(pos) == 2 && pos[0] == "door" && (pos[1] == "open" || pos[1] == "close"):
-		resp, err := c.do("POST", "/api/v0/sim/door", agent.SimDoorRequest{Open: pos[1] == "open"})
+		resp, err := c.do("POST", contract.PathSimDoor, contract.SimDoorRequest{Open: pos[1] == "open"})
 		if err != nil {
 			return err
 		}
@@ -73,7 +73,7 @@ func cmdSim(args []string, stdout, _ io.Writer) error {
 		if *temp == "" {
 			return usagef("sim env needs --temp C")
 		}
-		var req agent.SimEnvRequest
+		var req contract.SimEnvRequest
 		if req.TempC, err = strconv.ParseFloat(*temp, 64); err != nil {
 			return usagef("--temp %q is not a number", *temp)
 		}
@@ -84,7 +84,7 @@ func cmdSim(args []string, stdout, _ io.Writer) error {
 			}
 			req.Humidity = &h
 		}
-		resp, err := c.do("POST", "/api/v0/sim/env", req)
+		resp, err := c.do("POST", contract.PathSimEnv, req)
 		if err != nil {
 			return err
 		}

@@ -51,6 +51,9 @@ func Start(addr string, logger *slog.Logger) (*Broker, error) {
 	if err := srv.AddHook(new(allowHook), nil); err != nil {
 		return nil, fmt.Errorf("embedded: add auth hook: %w", err)
 	}
+	if err := srv.AddHook(new(retainGuard), nil); err != nil {
+		return nil, fmt.Errorf("embedded: add retain guard: %w", err)
+	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})
 	if err := srv.AddListener(tcp); err != nil { // binds now
 		return nil, fmt.Errorf("embedded: listen on %s: %w", addr, err)
@@ -102,3 +105,59 @@ func (h *allowHook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { 
 
 // OnACLCheck allows every topic, for reading and writing.
 func (h *allowHook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+// retainGuard keeps mochi from reading a retained-message index entry while another client
+// writes it: mochi v2.7.9 scans the index for a new subscription without the locks that
+// RetainMessage takes (mochi-mqtt/server issue 200; the race detector reports it when a station
+// publishes its retained status while a client subscribes with a wildcard). It serialises the
+// two: a subscription holds mu from OnSubscribe until the packet is processed (after the retained
+// messages were sent), a retained publish or will from just before the message is retained until
+// OnRetainMessage, which mochi calls right after. Both run on the client's goroutine.
+type retainGuard struct {
+	mochi.HookBase
+	mu sync.Mutex
+}
+
+// ID returns the hook's id.
+func (h *retainGuard) ID() string { return "retain-guard" }
+
+// Provides reports the hook methods implemented.
+func (h *retainGuard) Provides(b byte) bool {
+	return bytes.Contains([]byte{mochi.OnSubscribe, mochi.OnPacketProcessed, mochi.OnPublish,
+		mochi.OnWill, mochi.OnRetainMessage}, []byte{b})
+}
+
+// OnSubscribe takes the lock for the subscription's processing.
+func (h *retainGuard) OnSubscribe(_ *mochi.Client, pk packets.Packet) packets.Packet {
+	h.mu.Lock()
+	return pk
+}
+
+// OnPacketProcessed releases the lock a subscription took.
+func (h *retainGuard) OnPacketProcessed(_ *mochi.Client, pk packets.Packet, _ error) {
+	if pk.FixedHeader.Type == packets.Subscribe {
+		h.mu.Unlock()
+	}
+}
+
+// OnPublish takes the lock for a retained publish; mochi retains it next and calls
+// OnRetainMessage.
+func (h *retainGuard) OnPublish(_ *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Retain {
+		h.mu.Lock()
+	}
+	return pk, nil
+}
+
+// OnWill takes the lock for a retained will sent at once (MQTT 3.1.1 has no will delay).
+func (h *retainGuard) OnWill(_ *mochi.Client, w mochi.Will) (mochi.Will, error) {
+	if w.Retain && w.WillDelayInterval == 0 {
+		h.mu.Lock()
+	}
+	return w, nil
+}
+
+// OnRetainMessage releases the lock a retained publish or will took.
+func (h *retainGuard) OnRetainMessage(*mochi.Client, packets.Packet, int64) {
+	h.mu.Unlock()
+}

@@ -146,3 +146,30 @@ func TestStartOnBusyPortFails(t *testing.T) {
 		t.Fatalf("Start on a busy port: err = %v", err)
 	}
 }
+
+// TestRetainedPublishWhileSubscribing publishes retained messages while another client
+// subscribes to them with a wildcard, again and again: under the race detector this fails
+// unless the broker serialises the two (mochi reads its retained index without a lock).
+func TestRetainedPublishWhileSubscribing(t *testing.T) {
+	b := start(t)
+	_, h := sink()
+	pub := connect(t, b, "pub", true, h)
+	sub := connect(t, b, "sub", true, func(paho.Client, paho.Message) {})
+	const rounds = 200
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < rounds; i++ {
+			tok := pub.Publish("race/a/status", 1, true, []byte{'0' + byte(i%10)})
+			if !tok.WaitTimeout(wait) || tok.Error() != nil {
+				t.Errorf("retained publish %d: %v", i, tok.Error())
+				return
+			}
+		}
+	}()
+	for i := 0; i < rounds; i++ {
+		tokWait(t, sub.Subscribe("race/+/status", 1, nil), "subscribe")
+		tokWait(t, sub.Unsubscribe("race/+/status"), "unsubscribe")
+	}
+	<-done
+}

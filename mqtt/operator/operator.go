@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -30,6 +29,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/mqtt/internal/brokerconn"
 )
 
@@ -46,7 +46,7 @@ const (
 const WatchBuffer = 4096
 
 // FleetTarget is the target that addresses every station: Send publishes it on {p}/_fleet/cmd.
-const FleetTarget = "*"
+const FleetTarget = contract.FleetTarget
 
 // Options configures the connection to the broker.
 type Options struct {
@@ -97,17 +97,9 @@ var (
 	ErrClosed = errors.New("operator: client closed")
 )
 
-var (
-	stationIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-	prefixRE    = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
-)
-
-// ValidStationID reports whether id is a station id: [a-z0-9][a-z0-9._-]{0,63}.
-func ValidStationID(id string) bool { return stationIDRE.MatchString(id) }
-
 func checkPrefix(prefix string) error {
-	if !prefixRE.MatchString(prefix) {
-		return fmt.Errorf("operator: topic prefix %q: letters, digits, . _ - and / between levels only", prefix)
+	if !contract.ValidTopicPrefix(prefix) {
+		return fmt.Errorf("operator: topic prefix %q: %s", prefix, contract.TopicPrefixSyntax)
 	}
 	return nil
 }
@@ -331,19 +323,6 @@ func topicMatch(filter, topic string) bool {
 	return len(fl) == len(tl)
 }
 
-// stationOf returns the station id level of topic {prefix}/{id}/{kind}, or "".
-func stationOf(prefix, kind, topic string) string {
-	rest, ok := strings.CutPrefix(topic, prefix+"/")
-	if !ok {
-		return ""
-	}
-	id, ok := strings.CutSuffix(rest, "/"+kind)
-	if !ok || id == "" || strings.Contains(id, "/") {
-		return ""
-	}
-	return id
-}
-
 // StationStatus is a station's retained status (DESIGN §3.3), as far as the fleet view needs it.
 type StationStatus struct {
 	ID         string // the station id, from the topic
@@ -365,21 +344,7 @@ type StationStatus struct {
 // ParseStatus reads a status payload received on {p}/{id}/status.
 func ParseStatus(id string, payload []byte) StationStatus {
 	st := StationStatus{ID: id, Payload: append(json.RawMessage(nil), payload...)}
-	var s struct {
-		State   string `json:"state"`
-		Reason  string `json:"reason"`
-		Version string `json:"version"`
-		BootID  string `json:"boot_id"`
-		Since   string `json:"since"`
-		TS      string `json:"ts"`
-		Queue   struct {
-			Depth int  `json:"depth"`
-			Full  bool `json:"full"`
-		} `json:"queue"`
-		Reader struct {
-			State string `json:"state"`
-		} `json:"reader"`
-	}
+	var s contract.Status
 	if len(payload) == 0 || payload[0] != '{' || json.Unmarshal(payload, &s) != nil {
 		st.Unreadable = true
 		return st
@@ -402,8 +367,8 @@ func (c *Client) ListStatus(ctx context.Context, prefix string, wait time.Durati
 	var mu sync.Mutex
 	got := make(map[string]StationStatus)
 	news := make(chan struct{}, 1)
-	unsub, err := c.subscribe(ctx, prefix+"/+/status", func(m paho.Message) {
-		id := stationOf(prefix, "status", m.Topic())
+	unsub, err := c.subscribe(ctx, contract.Topic(prefix, "+", contract.KindStatus), func(m paho.Message) {
+		id := contract.StationOf(prefix, contract.KindStatus, m.Topic())
 		if id == "" {
 			return
 		}
@@ -454,13 +419,10 @@ func CommandTopic(prefix, target string) (string, error) {
 	if err := checkPrefix(prefix); err != nil {
 		return "", err
 	}
-	if target == FleetTarget {
-		return prefix + "/_fleet/cmd", nil
+	if target != FleetTarget && !contract.ValidStationID(target) {
+		return "", fmt.Errorf("operator: %q is not a station id (%s) or %q", target, contract.StationIDSyntax, FleetTarget)
 	}
-	if !ValidStationID(target) {
-		return "", fmt.Errorf("operator: %q is not a station id ([a-z0-9][a-z0-9._-]{0,63}) or %q", target, FleetTarget)
-	}
-	return prefix + "/" + target + "/cmd", nil
+	return contract.CommandTopic(prefix, target), nil
 }
 
 // Send publishes a command payload with QoS 1 (not retained) to target's command topic (see
@@ -521,14 +483,12 @@ func (c *Client) WaitResponses(ctx context.Context, prefix string, ids []string,
 			r.want[id] = true
 		}
 	}
-	unsub, err := c.subscribe(ctx, prefix+"/+/resp", func(m paho.Message) {
-		id := stationOf(prefix, "resp", m.Topic())
+	unsub, err := c.subscribe(ctx, contract.Topic(prefix, "+", contract.KindResp), func(m paho.Message) {
+		id := contract.StationOf(prefix, contract.KindResp, m.Topic())
 		if id == "" || (r.want != nil && !r.want[id]) {
 			return
 		}
-		var head struct {
-			ID string `json:"id"`
-		}
+		var head contract.Response
 		if json.Unmarshal(m.Payload(), &head) != nil || head.ID != cmdID {
 			return
 		}
@@ -628,14 +588,14 @@ func (c *Client) Watch(ctx context.Context, prefix, filter string, fn func(Messa
 	if filter == "" {
 		filter = "+"
 	}
-	if filter != "+" && !ValidStationID(filter) {
+	if filter != "+" && !contract.ValidStationID(filter) {
 		return fmt.Errorf("operator: watch: %q is not a station id", filter)
 	}
 	ch := make(chan Message, WatchBuffer)
 	var dropped atomic.Uint64
-	for _, kind := range []string{"events", "status"} {
-		unsub, err := c.subscribe(ctx, prefix+"/"+filter+"/"+kind, func(m paho.Message) {
-			id := stationOf(prefix, kind, m.Topic())
+	for _, kind := range []string{contract.KindEvents, contract.KindStatus} {
+		unsub, err := c.subscribe(ctx, contract.Topic(prefix, filter, kind), func(m paho.Message) {
+			id := contract.StationOf(prefix, kind, m.Topic())
 			if id == "" {
 				return
 			}
