@@ -1,6 +1,7 @@
 // Package agent joins the station's parts: card reader -> record -> store -> broker link, plus
-// status, telemetry and the local API. It depends on small interfaces of its own so tests can put
-// fakes where hardware would be; the store and the broker are always real.
+// status, telemetry, fleet commands and the local API's answers. It takes its parts already
+// built (store, link, hardware, clock, logger, configuration: cmd/station assembles them) and
+// depends on small interfaces of its own, so tests put fakes where hardware would be.
 package agent
 
 import (
@@ -9,88 +10,56 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
 	"station.dev/agent/agent/contract"
-	"station.dev/agent/drivers/cardreader"
-	"station.dev/agent/mqtt"
-	"station.dev/agent/mqtt/embedded"
+	"station.dev/agent/agent/localapi"
+	"station.dev/agent/internal/clock"
 	"station.dev/agent/store"
 )
 
-// Reader yields card presentations. Next blocks until a presentation completes or ctx ends.
-type Reader interface {
-	Next(ctx context.Context) (cardreader.Presentation, error)
-}
-
-// ReaderHealth is optionally implemented by a Reader to report the chip's health.
-type ReaderHealth interface {
-	Health() contract.ComponentHealth
-}
-
-// Indicator tells the person at the kiosk what happened (LEDs, buzzer).
-type Indicator interface {
-	Show(pattern string)
-}
-
-// Indicator patterns the agent uses.
-const (
-	PatternRecorded        = "recorded"
-	PatternRecordedOffline = "recorded_offline"
-	PatternRefused         = "refused"
-	PatternError           = "error"
-)
-
-// Link is the broker link as the agent uses it (implemented by *mqtt.Link).
-type Link interface {
-	Run(ctx context.Context) error
-	Stats() mqtt.Stats
-	UpdateStatus()
-	PublishNow(topic string, payload []byte) bool
-}
-
-// Options configure an Agent. Config is required; the rest have defaults.
-type Options struct {
-	Config  *config.Config
-	Logger  *slog.Logger
-	Version string
-	// EmbeddedAddr is where `broker = "embedded"` listens; default 127.0.0.1:1883.
-	EmbeddedAddr string
-	// Reader replaces the configured card reader (tests).
-	Reader Reader
-	// Indicator replaces the configured indicator (tests).
-	Indicator Indicator
-	// Now is the wall clock; default time.Now.
-	Now func() time.Time
-	// ClockSynced reports whether the wall clock is trustworthy; default asks the kernel.
+// Parts are what the agent is made of, built by the caller.
+type Parts struct {
+	// Config is the effective configuration: the file, the fleet's overrides, the flags.
+	Config *config.Config
+	// Base is the configuration before the fleet's overrides (file and flags): config.set lays
+	// new overrides over it. Nil means Config.
+	Base *config.Config
+	// Store is the open store; the caller closes it after Run returns.
+	Store *store.Store
+	// Link builds the broker link from the agent's side of it (see MQTTLink).
+	Link func(LinkHooks) (Link, error)
+	// Hardware opens the station's parts; the caller closes it after Run returns.
+	Hardware Hardware
+	// Clock is the time source; nil means the system clock.
+	Clock clock.Clock
+	// ClockSynced reports whether the wall clock is trustworthy; nil asks the kernel (or trusts
+	// it when [clock] assume_synced is set).
 	ClockSynced func() bool
-	// OnReady is called once the store is open and the local API listens.
-	OnReady func()
-	// Flags re-applies the command-line flags, which win over the fleet's remote configuration
-	// (config.set) as they win over the file.
-	Flags func(*config.Config)
-	// LogLevel, when set, lets the fleet change the log level at run time (log.level, config.set).
-	LogLevel *slog.LevelVar
-	// Logs, when set, serves the logs.tail command.
-	Logs LogTail
-	// Heartbeat, when set, registers a main loop with the service watchdog and returns the
-	// function the loop calls each time it makes progress.
-	Heartbeat func(name string) (beat func())
-	// Status, when set, receives a one-line summary whenever it changes (systemd STATUS=).
-	Status func(line string)
+	// Logger receives the agent's log; nil means quiet.
+	Logger *slog.Logger
 }
 
-// heartbeat registers a loop with the watchdog; without one it returns a no-op.
-func (a *Agent) heartbeat(name string) func() {
-	if a.heartbeatFn == nil {
-		return func() {}
-	}
-	return a.heartbeatFn(name)
+// Options are the agent's ties to the process around it. All are optional.
+type Options struct {
+	// Version is the agent's version, in status and boot records.
+	Version string
+	// Flags re-applies the command-line flags, which win over the fleet's overrides.
+	Flags func(*config.Config)
+	// LogLevel lets the fleet change the log level at run time (log.level, config.set).
+	LogLevel *slog.LevelVar
+	// Logs serves the logs.tail command.
+	Logs LogTail
+	// Heartbeat registers a main loop with the service watchdog and returns the function the
+	// loop calls each time it makes progress.
+	Heartbeat func(name string) (beat func())
+	// Status receives a one-line summary whenever it changes (systemd STATUS=).
+	Status func(line string)
+	// OnReady is called once the local API listens.
+	OnReady func()
 }
 
 // LogTail returns the last lines logged.
@@ -98,232 +67,100 @@ type LogTail interface {
 	Tail(n int) []string
 }
 
+// ErrRestart is returned by Run when a fleet command asked the agent to restart.
+var ErrRestart = errors.New("agent: restart requested by a fleet command")
+
 // Agent is the running station agent.
 type Agent struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	version string
-	now     func() time.Time
-	synced  func() bool
-	start   time.Time // monotonic reference for uptime
-	bootID  string
+	cfg    *config.Config
+	base   *config.Config
+	opts   Options
+	log    *slog.Logger
+	clk    clock.Clock
+	synced func() bool
+	mono0  time.Duration // the clock's monotonic reading at start, for uptime
+	bootID string
+	topics contract.Topics
 
-	store  *store.Store
-	link   Link
-	broker *embedded.Broker
-	reader Reader
-	ind    Indicator
-	sim    *simHardware
-	periph *peripherals
-	api    *apiServer
+	store *store.Store
+	link  Link
+	hw    Hardware
 
-	recent *recentRecords
-	fullMu sync.Mutex // serialises the store-full alarm bookkeeping
-	full   string     // "" or why the store refuses records (store_full, disk_full)
-
-	fullAlarmPending *contract.Record // a store.full alarm the full disk could not take
-
-	onReady func()
-	topics  contract.Topics
-
-	base  *config.Config // as started: file and flags, before the fleet's overrides
-	flags func(*config.Config)
-	level *slog.LevelVar
-	logs  LogTail
-
-	cmdKeys  *command.Keys
-	cmdWake  chan struct{}
-	cmdStats commandStats
-
-	stopMu  sync.Mutex
-	stopFn  func()
-	stopErr error
-
-	telMu  sync.Mutex
-	telBuf [][]byte // heartbeats kept while offline, stored in batches
-
-	heartbeatFn func(string) func()
-	statusFn    func(string)
-	readerBeat  func()
+	reader  readerSlot
+	recent  *recentRecords
+	full    fullState
+	periph  *peripherals
+	cmds    commandState
+	tel     telemetryBuffer
+	sim     *simTaps // nil unless the hardware is emulated
+	stopRun func(error)
 }
 
-// New opens the store, prepares the hardware and the broker link. It does not start any loop:
-// Run does. On error everything opened so far is closed again.
-func New(opts Options) (*Agent, error) {
-	cfg := opts.Config
-	if cfg == nil {
+// New makes an agent of parts. It starts nothing: Run does.
+func New(p Parts, o Options) (*Agent, error) {
+	cfg := p.Config
+	switch {
+	case cfg == nil:
 		return nil, errors.New("agent: no configuration")
+	case p.Store == nil:
+		return nil, errors.New("agent: no store")
+	case p.Link == nil:
+		return nil, errors.New("agent: no broker link")
 	}
 	a := &Agent{
-		cfg:     cfg,
-		log:     opts.Logger,
-		version: opts.Version,
-		now:     opts.Now,
-		synced:  opts.ClockSynced,
-		start:   time.Now(),
-		bootID:  newID(),
-		reader:  opts.Reader,
-		ind:     opts.Indicator,
-		recent:  newRecentRecords(256),
-		onReady: opts.OnReady,
-		base:    cfg,
-		flags:   opts.Flags,
-		level:   opts.LogLevel,
-		logs:    opts.Logs,
-		cmdWake: make(chan struct{}, 1),
-
-		heartbeatFn: opts.Heartbeat,
-		statusFn:    opts.Status,
+		cfg: cfg, base: p.Base, opts: o, log: p.Logger, clk: p.Clock, synced: p.ClockSynced,
+		bootID: newID(), topics: contract.TopicsFor(cfg.MQTT.TopicPrefix, cfg.StationID),
+		store: p.Store, hw: p.Hardware, recent: newRecentRecords(256),
+	}
+	if a.base == nil {
+		a.base = cfg
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	if a.now == nil {
-		a.now = time.Now
-	}
-	if a.version == "" {
-		a.version = "dev"
-	}
-	built := false
-	defer func() {
-		if !built {
-			a.close()
-		}
-	}()
-
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("agent: data directory: %w", err)
-	}
-	openStore := func(maxBytes int64) (err error) {
-		a.store, err = store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{MaxBytes: maxBytes})
-		if err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		return nil
-	}
-	if err := openStore(int64(cfg.Store.MaxBytes)); err != nil {
-		return nil, err
-	}
-	if rec := a.store.Recovered(); rec != nil {
-		a.log.Error("store was broken: moved aside, started a new one", "moved_to", rec.MovedTo, "reason", rec.Reason)
-	}
-	if ov, err := a.loadOverrides(); err != nil {
-		a.log.Error("ignoring the fleet's configuration overrides", "err", err)
-	} else if len(ov) > 0 {
-		c, err := a.applyOverrides(ov)
-		if err != nil {
-			a.log.Error("ignoring the fleet's configuration overrides", "err", err)
-		} else {
-			if c.Store.MaxBytes != cfg.Store.MaxBytes { // the store's cap is set when it opens
-				if err := a.store.Close(); err != nil {
-					return nil, fmt.Errorf("agent: %w", err)
-				}
-				if err := openStore(int64(c.Store.MaxBytes)); err != nil {
-					return nil, err
-				}
-			}
-			a.cfg, cfg = c, c
-			a.log.Info("fleet configuration overrides in force", "keys", flatKeys("", ov))
-			if a.level != nil {
-				_ = a.level.UnmarshalText([]byte(c.LogLevel))
-			}
-		}
+	if a.clk == nil {
+		a.clk = clock.System
 	}
 	if a.synced == nil {
 		assume := cfg.Clock.AssumeSynced
 		a.synced = func() bool { return assume || kernelClockSynced() }
 	}
-	a.topics = contract.TopicsFor(cfg.MQTT.TopicPrefix, cfg.StationID)
-	var err error
-	if a.cmdKeys, err = command.ParseKeys(cfg.Commands.PublicKeys); err != nil {
+	if a.opts.Version == "" {
+		a.opts.Version = "dev"
+	}
+	a.mono0 = a.clk.Monotonic()
+	keys, err := command.ParseKeys(cfg.Commands.PublicKeys)
+	if err != nil {
 		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
 	}
-
-	if err := a.setupHardware(); err != nil {
-		return nil, err
+	a.cmds = commandState{keys: keys, wake: make(chan struct{}, 1)}
+	a.periph = newPeripherals(p.Hardware)
+	if p.Hardware.Sim != nil {
+		a.sim = newSimTaps(p.Hardware.Sim)
 	}
-	a.setupPeripherals()
-
-	brokerURL := cfg.MQTT.Broker
-	if brokerURL == config.Embedded {
-		addr := opts.EmbeddedAddr
-		if addr == "" {
-			addr = "127.0.0.1:1883"
-		}
-		a.broker, err = embedded.Start(addr, nil)
-		if err != nil {
-			return nil, fmt.Errorf("agent: embedded broker on %s: %w (is another broker running? use --broker)", addr, err)
-		}
-		brokerURL = a.broker.URL()
-		a.log.Info("embedded MQTT broker listening", "addr", a.broker.Addr())
-	}
-	password := ""
-	if cfg.MQTT.PasswordFile != "" {
-		b, err := os.ReadFile(cfg.MQTT.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("agent: mqtt.password_file: %w", err)
-		}
-		password = string(trimNewline(b))
-	}
-	link, err := mqtt.New(mqtt.Config{
-		Broker:         brokerURL,
-		ClientID:       cfg.StationID,
-		Username:       cfg.MQTT.Username,
-		Password:       password,
-		CAFile:         cfg.MQTT.CAFile,
-		CertFile:       cfg.MQTT.CertFile,
-		KeyFile:        cfg.MQTT.KeyFile,
-		KeepAlive:      cfg.MQTT.KeepAlive.D(),
-		BackoffMax:     cfg.MQTT.BackoffMax.D(),
-		Window:         cfg.MQTT.Window,
-		StatusTopic:    a.topics.Status,
-		Status:         func() []byte { return a.statusPayload(contract.StateOnline, "") },
-		WillPayload:    a.offlinePayload(contract.ReasonLost),
-		ShutdownStatus: func() []byte { return a.offlinePayload(contract.ReasonShutdown) },
-		Streams: []mqtt.Stream{
-			{Name: string(store.Events), Topic: a.topics.Events, QoS: 1},
-			{Name: string(store.Responses), Topic: a.topics.Resp, QoS: 1},
-			{Name: string(store.Telemetry), Topic: a.topics.Telemetry, QoS: 1},
-		},
-		Subscriptions: []string{a.topics.Cmd, a.topics.FleetCmd},
-		Progress:      a.heartbeat("link"),
-		OnMessage:     a.onMessage,
-		Logger:        a.log.With("component", "mqtt"),
-	}, outbox{a.store})
-	if err != nil {
+	if a.link, err = p.Link(a.linkHooks()); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.link = link
-	built = true
 	return a, nil
 }
 
-func trimNewline(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
+// heartbeat registers a loop with the watchdog; without one it returns a no-op.
+func (a *Agent) heartbeat(name string) func() {
+	if a.opts.Heartbeat == nil {
+		return func() {}
 	}
-	return b
+	return a.opts.Heartbeat(name)
 }
 
-// Run runs the agent until ctx is cancelled. Cancellation is the normal way to stop and returns
-// nil; the link publishes the shutdown status before it returns.
-func (a *Agent) Run(ctx context.Context) error {
-	defer a.close()
-
-	ln, err := listenSocket(a.cfg.Socket)
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	a.api = newAPIServer(a, ln)
-
+// Run serves the local API on ln and runs the agent's loops until ctx is cancelled (the normal
+// way to stop: Run then returns nil) or a loop fails. The link publishes the shutdown status
+// before Run returns. Run closes ln.
+func (a *Agent) Run(ctx context.Context, ln net.Listener) error {
 	a.writeBootRecords()
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	a.stopMu.Lock()
-	a.stopFn = cancel
-	a.stopMu.Unlock()
-	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a.stopRun = cancel
 	loops := []struct {
 		name string
 		fn   func(context.Context) error
@@ -334,88 +171,35 @@ func (a *Agent) Run(ctx context.Context) error {
 		{"status", a.statusLoop},
 		{"peripherals", a.peripheralsLoop},
 		{"commands", a.commandLoop},
-		{"api", a.api.serve},
+		{"api", func(ctx context.Context) error { return localapi.Serve(ctx, ln, localapi.NewHandler(a)) }},
 	}
-	errc := make(chan error, len(loops))
+	var wg sync.WaitGroup
 	for _, l := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := l.fn(ctx); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("agent: %s: %w", l.name, err)
-				cancel()
+				cancel(fmt.Errorf("agent: %s: %w", l.name, err))
 			}
 		}()
 	}
-	a.log.Info("station agent running", "station_id", a.cfg.StationID, "version", a.version,
+	a.log.Info("station agent running", "station_id", a.cfg.StationID, "version", a.opts.Version,
 		"socket", a.cfg.Socket, "data_dir", a.cfg.DataDir, "broker", a.cfg.MQTT.Broker, "sim", a.cfg.Sim)
-	if a.onReady != nil {
-		a.onReady()
+	if a.opts.OnReady != nil {
+		a.opts.OnReady()
 	}
 	<-ctx.Done()
 	wg.Wait()
 	a.flushTelemetry()
-	select {
-	case err := <-errc:
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
 		return err
-	default:
 	}
-	a.stopMu.Lock()
-	defer a.stopMu.Unlock()
-	return a.stopErr
+	return nil
 }
 
 // stop ends Run, which then returns err.
 func (a *Agent) stop(err error) {
-	a.stopMu.Lock()
-	defer a.stopMu.Unlock()
-	a.stopErr = err
-	if a.stopFn != nil {
-		a.stopFn()
+	if a.stopRun != nil {
+		a.stopRun(err)
 	}
-}
-
-// close releases what New opened, in reverse order. Safe on a partly built Agent.
-func (a *Agent) close() {
-	if a.sim != nil {
-		a.sim.close()
-	}
-	if a.broker != nil {
-		_ = a.broker.Close()
-		a.broker = nil
-	}
-	if a.store != nil {
-		if err := a.store.Close(); err != nil {
-			a.log.Error("closing store", "err", err)
-		}
-		a.store = nil
-	}
-}
-
-// listenSocket listens on the unix socket at path. A socket file left by a dead agent is replaced;
-// one a live agent answers on is refused.
-func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("local API socket directory: %w", err)
-	}
-	if _, err := os.Lstat(path); err == nil {
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another agent is already serving %s: stop it first (systemctl stop station)", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
-		}
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("local API socket: %w", err)
-	}
-	// Root and the station group only. The directory (RuntimeDirectory=) is 0750 too.
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("local API socket: %w", err)
-	}
-	return ln, nil
 }

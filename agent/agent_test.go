@@ -1,117 +1,22 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
-	"net"
-	"path/filepath"
+	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"station.dev/agent/agent/config"
 	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/cardreader"
-	"station.dev/agent/drivers/emv"
+	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/mqtt/brokertest"
 	"station.dev/agent/store"
 )
 
-// fakeReader stands in for the card reader hardware.
-type fakeReader struct{ c chan cardreader.Presentation }
-
-func (f *fakeReader) Next(ctx context.Context) (cardreader.Presentation, error) {
-	select {
-	case p := <-f.c:
-		return p, nil
-	case <-ctx.Done():
-		return cardreader.Presentation{}, ctx.Err()
-	}
-}
-
-// fakeIndicator records the patterns shown.
-type fakeIndicator struct {
-	mu       sync.Mutex
-	patterns []string
-	shown    chan string
-}
-
-func (f *fakeIndicator) Show(p string) {
-	f.mu.Lock()
-	f.patterns = append(f.patterns, p)
-	f.mu.Unlock()
-	select {
-	case f.shown <- p:
-	default:
-	}
-}
-
-func closedPortURL(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return "tcp://" + ln.Addr().String()
-}
-
-type harness struct {
-	a    *Agent
-	r    *fakeReader
-	ind  *fakeIndicator
-	stop func()
-}
-
-func startHarness(t *testing.T, broker string, mutate func(*config.Config)) *harness {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := &config.Config{
-		StationID: "agent-test", DataDir: filepath.Join(dir, "data"), Socket: filepath.Join(dir, "s.sock"),
-		MQTT:   config.MQTT{Broker: broker, TopicPrefix: brokertest.UniquePrefix(t)},
-		Reader: config.Reader{Driver: "none"},
-	}
-	if mutate != nil {
-		mutate(cfg)
-	}
-	if err := cfg.Normalize(); err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{r: &fakeReader{c: make(chan cardreader.Presentation)}, ind: &fakeIndicator{shown: make(chan string, 100)}}
-	ready := make(chan struct{})
-	a, err := New(Options{Config: cfg, Reader: h.r, Indicator: h.ind, EmbeddedAddr: "127.0.0.1:0",
-		OnReady: func() { close(ready) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.a = a
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	h.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}
-	t.Cleanup(func() {
-		select {
-		case <-ctx.Done():
-		default:
-			h.stop()
-		}
-	})
-	<-ready
-	return h
-}
-
-func card(n int) cardreader.Presentation {
-	return cardreader.Presentation{Card: &emv.Identity{Kind: "uid", Token: fmt.Sprintf("token-%d", n)}}
-}
-
 func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
-	h := startHarness(t, closedPortURL(t), func(c *config.Config) { c.Store.MaxBytes = 1 << 20 })
+	h := startHarness(t, harnessOpts{config: func(c *config.Config) { c.Store.MaxBytes = 1 << 20 }})
 	var refused, recorded int
 	for i := 0; refused < 3; i++ {
 		if i > 20000 {
@@ -120,7 +25,7 @@ func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
 		res := h.a.handlePresentation(card(i))
 		if res.OK {
 			recorded++
-			if p := <-h.ind.shown; p != PatternRecordedOffline {
+			if p := <-h.ind.shown; p != indicator.RecordedOffline {
 				t.Fatalf("recorded offline shown as %q", p)
 			}
 			continue
@@ -129,7 +34,7 @@ func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
 			t.Fatalf("refused tap has a record id: %+v", res)
 		}
 		refused++
-		if p := <-h.ind.shown; p != PatternRefused {
+		if p := <-h.ind.shown; p != indicator.Refused {
 			t.Fatalf("refusal shown as %q", p)
 		}
 	}
@@ -153,19 +58,19 @@ func TestStoreFullRefusesCardsWithOneAlarm(t *testing.T) {
 	if alarms != 1 {
 		t.Fatalf("%d store.full alarms, want 1", alarms)
 	}
-	if !h.a.queueStatus().Full {
+	if !h.a.Queue().Full {
 		t.Fatal("queue status does not say full")
 	}
 }
 
 func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
 	url := brokertest.URL(t)
-	h := startHarness(t, url, nil)
+	h := startHarness(t, harnessOpts{broker: url})
 	sub := brokertest.Subscribe(t, url, h.a.topics.Events, 100)
 	status := brokertest.Subscribe(t, url, h.a.topics.Status, 100)
 	waitFor(t, func() bool { return h.a.link.Stats().Connected })
-	h.r.c <- card(1)
-	h.r.c <- cardreader.Presentation{Error: cardreader.CodeRemoved, Detail: "card left the field"}
+	h.reader.c <- card(1)
+	h.reader.c <- cardreader.Presentation{Error: cardreader.CodeRemoved, Detail: "card left the field"}
 	var types []string
 	for len(types) < 2 {
 		m := sub.Next(t, 10*time.Second)
@@ -184,7 +89,7 @@ func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
 	if types[0] != contract.TypeCardTap || types[1] != contract.TypeCardError {
 		t.Fatalf("types %v", types)
 	}
-	if p := <-h.ind.shown; p != PatternRecorded {
+	if p := <-h.ind.shown; p != indicator.Recorded {
 		t.Fatalf("online tap shown as %q", p)
 	}
 	m := status.Next(t, 10*time.Second)
@@ -192,7 +97,9 @@ func TestRecordsReachBrokerAndIndicateOnline(t *testing.T) {
 	if err := json.Unmarshal(m.Payload, &st); err != nil || st.State != "online" || st.BootID != h.a.bootID {
 		t.Fatalf("status %s", m.Payload)
 	}
-	h.stop()
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
 	for {
 		m := status.Next(t, 10*time.Second)
 		var st struct{ State, Reason string }
@@ -272,10 +179,13 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestMissingHardwareIsDownNotFatal(t *testing.T) {
-	h := startHarness(t, closedPortURL(t), func(c *config.Config) {
-		c.Door.Pin = "GPIO999"
-		c.Env.Enabled, c.Env.Bus = true, "no-such-bus"
-	})
+	h := startHarness(t, harnessOpts{hardware: func(hw *Hardware, f *fakes) {
+		hw.Indicator = nil
+		hw.Door = func() (Door, error) { return nil, errors.New("hw: door pin GPIO999 not found") }
+		hw.Environment = func() (EnvSensor, error) {
+			return nil, errors.New("hw: I2C bus \"no-such-bus\": no such bus")
+		}
+	}})
 	waitFor(t, func() bool {
 		c := h.a.components()
 		return c["door"].Detail != "starting" && c["environment"].Detail != "starting"
@@ -302,7 +212,7 @@ func TestMissingHardwareIsDownNotFatal(t *testing.T) {
 
 func TestOfflineTelemetryStoredInBatches(t *testing.T) {
 	// The agent's own heartbeat is an hour away: only the test's heartbeats count.
-	h := startHarness(t, closedPortURL(t), func(c *config.Config) { c.Telemetry.Interval = config.Duration(time.Hour) })
+	h := startHarness(t, harnessOpts{config: func(c *config.Config) { c.Telemetry.Interval = config.Duration(time.Hour) }})
 	depth := func() int {
 		st, err := h.a.store.Stats()
 		if err != nil {
@@ -323,14 +233,10 @@ func TestOfflineTelemetryStoredInBatches(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		h.a.sendTelemetry()
 	}
-	path := h.a.store.Path()
-	h.stop() // a clean stop stores what is kept
-	s, err := store.Open(path, nil)
-	if err != nil {
+	if err := h.stop(); err != nil { // a clean stop stores what is kept
 		t.Fatal(err)
 	}
-	defer s.Close()
-	st, err := s.Stats()
+	st, err := h.a.store.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}

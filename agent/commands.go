@@ -1,10 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync/atomic"
@@ -34,6 +34,13 @@ type inboxItem struct {
 	Received time.Time `json:"received"`
 }
 
+// commandState is the fleet command intake: the trusted keys, the worker's wake-up and counters.
+type commandState struct {
+	keys  *command.Keys
+	wake  chan struct{}
+	stats commandStats
+}
+
 // commandStats counts what happened to commands since start.
 type commandStats struct {
 	received, executed, refused, dropped atomic.Uint64
@@ -45,16 +52,16 @@ func (c *commandStats) snapshot() contract.CommandStats {
 
 // onMessage runs on the link's receive path: store, acknowledge, wake the worker.
 func (a *Agent) onMessage(m mqtt.Message) {
-	a.cmdStats.received.Add(1)
-	item := inboxItem{Topic: m.Topic, Size: len(m.Payload), Received: a.now().UTC()}
+	a.cmds.stats.received.Add(1)
+	item := inboxItem{Topic: m.Topic, Size: len(m.Payload), Received: a.clk.Now().UTC()}
 	switch {
 	case len(m.Payload) > maxReadableCommand:
-		a.cmdStats.dropped.Add(1)
+		a.cmds.stats.dropped.Add(1)
 		a.log.Warn("dropped a command too large to read", "topic", m.Topic, "bytes", len(m.Payload))
 		m.Ack()
 		return
 	case len(m.Payload) > contract.MaxCommandBytes:
-		if cmd, _, _ := command.Decode(m.Payload, a.cmdKeys); cmd != nil {
+		if cmd, _, _ := command.Decode(m.Payload, a.cmds.keys); cmd != nil {
 			item.ID = cmd.ID
 		}
 	default:
@@ -71,7 +78,7 @@ func (a *Agent) onMessage(m mqtt.Message) {
 	}
 	m.Ack()
 	select {
-	case a.cmdWake <- struct{}{}:
+	case a.cmds.wake <- struct{}{}:
 	default:
 	}
 }
@@ -79,8 +86,6 @@ func (a *Agent) onMessage(m mqtt.Message) {
 // commandLoop executes stored commands in order.
 func (a *Agent) commandLoop(ctx context.Context) error {
 	beat := a.heartbeat("commands")
-	tick := time.NewTicker(10 * time.Second) // also retries after a store error
-	defer tick.Stop()
 	for {
 		beat()
 		items, err := a.store.Read(store.Inbox, 0, 16)
@@ -96,14 +101,20 @@ func (a *Agent) commandLoop(ctx context.Context) error {
 		if len(items) > 0 && err == nil {
 			continue
 		}
+		t := a.clk.NewTimer(commandPoll) // also retries after a store error
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-a.cmdWake:
-		case <-tick.C:
+		case <-a.cmds.wake:
+			t.Stop()
+		case <-t.C():
 		}
 	}
 }
+
+// commandPoll is how often the command loop looks at the inbox without being woken.
+const commandPoll = 10 * time.Second
 
 // commandError is an error with a response code.
 type commandError = contract.Error
@@ -128,10 +139,10 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 		cmd = &contract.Command{ID: item.ID}
 		cerr = cmdErr(contract.CodeBadRequest, "command of %d bytes: the limit is %d", item.Size, contract.MaxCommandBytes)
 	} else {
-		cmd, inner, cerr = command.Decode(item.Payload, a.cmdKeys)
+		cmd, inner, cerr = command.Decode(item.Payload, a.cmds.keys)
 	}
 	if cmd == nil || cmd.ID == "" {
-		a.cmdStats.dropped.Add(1)
+		a.cmds.stats.dropped.Add(1)
 		reason := "no id"
 		if cerr != nil {
 			reason = cerr.Message
@@ -172,14 +183,14 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 	}
 	if cerr != nil {
 		resp.Error = cerr
-		a.cmdStats.refused.Add(1)
+		a.cmds.stats.refused.Add(1)
 		a.log.Info("command refused", "id", cmd.ID, "name", cmd.Name, "code", cerr.Code, "reason", cerr.Message)
 	} else {
-		a.cmdStats.executed.Add(1)
+		a.cmds.stats.executed.Add(1)
 		a.log.Info("command executed", "id", cmd.ID, "name", cmd.Name)
 	}
-	resp.TS = rfc3339(a.now())
-	entry := store.LedgerEntry{ID: cmd.ID, Digest: digest[:], At: a.now()}
+	resp.TS = rfc3339(a.clk.Now())
+	entry := store.LedgerEntry{ID: cmd.ID, Digest: digest[:], At: a.clk.Now()}
 	if _, err := a.store.Respond(rec.Seq, entry, func(uint64) ([]byte, error) { return json.Marshal(resp) }); err != nil {
 		a.log.Error("storing a command response", "id", cmd.ID, "err", err)
 		return
@@ -199,11 +210,11 @@ func (a *Agent) respondRaw(inboxSeq uint64, prev store.LedgerEntry) {
 
 // execute checks target and expiry, then runs the handler. A panic becomes a failed response.
 func (a *Agent) execute(ctx context.Context, cmd *contract.Command) (result any, after func(), cerr *commandError) {
-	if cmd.Target != a.cfg.StationID && cmd.Target != "*" {
+	if !cmd.For(a.cfg.StationID) {
 		return nil, nil, cmdErr(contract.CodeWrongTarget, "command for %q reached station %q", cmd.Target, a.cfg.StationID)
 	}
 	if a.synced() {
-		expired, err := cmd.Expired(a.now())
+		expired, err := cmd.Expired(a.clk.Now())
 		if err != nil {
 			return nil, nil, cmdErr(contract.CodeBadRequest, "expires_at: %v", err)
 		}
@@ -234,13 +245,10 @@ type handler func(ctx context.Context, args json.RawMessage) (any, func(), *comm
 
 // decodeArgs reads a command's args strictly into v.
 func decodeArgs(args json.RawMessage, v any) *commandError {
-	dec := json.NewDecoder(bytesReader(args))
+	dec := json.NewDecoder(bytes.NewReader(args))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return cmdErr(contract.CodeBadRequest, "args: %v", err)
 	}
 	return nil
 }
-
-// ErrRestart is returned by Run when a fleet command asked the agent to restart.
-var ErrRestart = errors.New("agent: restart requested by a fleet command")

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"os/exec"
-	"sort"
 	"strings"
 	"time"
 
@@ -16,8 +13,6 @@ import (
 	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/store"
 )
-
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 type noArgs struct{}
 
@@ -42,7 +37,7 @@ func (a *Agent) cmdPing(_ context.Context, args json.RawMessage) (any, func(), *
 	if e := decodeArgs(args, &noArgs{}); e != nil {
 		return nil, nil, e
 	}
-	return map[string]any{"pong": true, "version": a.version, "boot_id": a.bootID}, nil, nil
+	return map[string]any{"pong": true, "version": a.opts.Version, "boot_id": a.bootID}, nil, nil
 }
 
 func (a *Agent) cmdStatus(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
@@ -58,7 +53,7 @@ func (a *Agent) cmdQueueStats(_ context.Context, args json.RawMessage) (any, fun
 	if e := decodeArgs(args, &noArgs{}); e != nil {
 		return nil, nil, e
 	}
-	return a.queueStatus(), nil, nil
+	return a.Queue(), nil, nil
 }
 
 func (a *Agent) cmdSelftest(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
@@ -67,9 +62,6 @@ func (a *Agent) cmdSelftest(_ context.Context, args json.RawMessage) (any, func(
 	}
 	return a.selfTest(), nil, nil
 }
-
-// overridesKey is where remote configuration (config.set) is kept in the store.
-const overridesKey = "config.overrides"
 
 // remoteForbidden are keys a remote command may not change: they decide where the agent keeps its
 // data and who it is, and a mistake there cannot be undone remotely.
@@ -86,7 +78,7 @@ func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func
 	if err != nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
-	ov, err := a.loadOverrides()
+	ov, err := config.ReadOverrides(a.overridesPath())
 	if err != nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
@@ -97,7 +89,7 @@ func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func
 // overrides, after checking that the result is a valid configuration. An invalid one changes
 // nothing.
 func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
-	var patch map[string]any
+	var patch config.Overrides
 	if err := json.Unmarshal(args, &patch); err != nil || len(patch) == 0 {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "args: want a non-empty object of configuration keys")
 	}
@@ -106,30 +98,26 @@ func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func
 			return nil, nil, cmdErr(contract.CodeBadRequest, "%s cannot be changed remotely", k)
 		}
 	}
-	ov, err := a.loadOverrides()
+	ov, err := config.ReadOverrides(a.overridesPath())
 	if err != nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
-	merged := mergeMaps(ov, patch)
-	if _, err := a.applyOverrides(merged); err != nil {
+	merged := ov.Merge(patch)
+	if _, err := merged.Apply(a.base, a.opts.Flags); err != nil {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "%v", err)
 	}
-	b, err := json.Marshal(merged)
-	if err != nil {
-		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
-	}
-	if err := a.store.PutSetting(overridesKey, b); err != nil {
+	if err := config.WriteOverrides(a.overridesPath(), merged); err != nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "saving: %v", err)
 	}
-	keys := flatKeys("", patch)
+	keys := patch.Keys()
 	restart := false
 	for _, k := range keys {
 		if !liveKeys[k] {
 			restart = true
 		}
 	}
-	if lvl, ok := patch["log_level"].(string); ok && a.level != nil {
-		_ = a.level.UnmarshalText([]byte(lvl))
+	if lvl, ok := patch["log_level"].(string); ok && a.opts.LogLevel != nil {
+		_ = a.opts.LogLevel.UnmarshalText([]byte(lvl))
 	}
 	r := a.newRecord(contract.TypeConfigChanged)
 	r.Data = map[string]any{"keys": keys, "restart_required": restart, "source": "fleet"}
@@ -139,97 +127,8 @@ func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func
 	return map[string]any{"applied": keys, "restart_required": restart}, nil, nil
 }
 
-func (a *Agent) loadOverrides() (map[string]any, error) {
-	b, err := a.store.GetSetting(overridesKey)
-	if err != nil || b == nil {
-		return map[string]any{}, err
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("stored overrides: %w", err)
-	}
-	return m, nil
-}
-
-// applyOverrides returns the configuration the agent was started with, with the fleet's overrides
-// laid over it and the command-line flags over those, checked.
-func (a *Agent) applyOverrides(ov map[string]any) (*config.Config, error) {
-	b, err := a.base.TOML()
-	if err != nil {
-		return nil, err
-	}
-	ovToml, err := config.EncodeTOML(integralFloats(ov))
-	if err != nil {
-		return nil, err
-	}
-	c, err := config.ParseOver(b, ovToml)
-	if err != nil {
-		return nil, err
-	}
-	c.Sim = a.base.Sim
-	if a.flags != nil {
-		a.flags(c)
-	}
-	if err := c.Normalize(); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-// integralFloats turns JSON numbers that are whole into integers, so that TOML integer keys
-// (window, address) accept them.
-func integralFloats(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(t))
-		for k, x := range t {
-			out[k] = integralFloats(x)
-		}
-		return out
-	case []any:
-		out := make([]any, len(t))
-		for i, x := range t {
-			out[i] = integralFloats(x)
-		}
-		return out
-	case float64:
-		if t == float64(int64(t)) {
-			return int64(t)
-		}
-	}
-	return v
-}
-
-// mergeMaps lays patch over base, table by table.
-func mergeMaps(base, patch map[string]any) map[string]any {
-	out := make(map[string]any, len(base)+len(patch))
-	for k, v := range base {
-		out[k] = v
-	}
-	for k, v := range patch {
-		if pm, ok := v.(map[string]any); ok {
-			if bm, ok := out[k].(map[string]any); ok {
-				out[k] = mergeMaps(bm, pm)
-				continue
-			}
-		}
-		out[k] = v
-	}
-	return out
-}
-
-func flatKeys(prefix string, m map[string]any) []string {
-	var keys []string
-	for k, v := range m {
-		if sub, ok := v.(map[string]any); ok {
-			keys = append(keys, flatKeys(prefix+k+".", sub)...)
-			continue
-		}
-		keys = append(keys, prefix+k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+// overridesPath is where config.set keeps the fleet's overrides.
+func (a *Agent) overridesPath() string { return config.OverridesPath(a.cfg.DataDir) }
 
 func (a *Agent) cmdRestart(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
 	if e := decodeArgs(args, &noArgs{}); e != nil {
@@ -271,8 +170,8 @@ func (a *Agent) cmdFeedback(_ context.Context, args json.RawMessage) (any, func(
 	if len(req.Text) > 64 {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "text: at most 64 characters")
 	}
-	a.indicate(req.Pattern)
-	if req.Text != "" && a.periph != nil {
+	a.indicate(indicator.Pattern(req.Pattern))
+	if req.Text != "" {
 		a.periph.mu.Lock()
 		a.periph.last = req.Text
 		a.periph.mu.Unlock()
@@ -290,12 +189,10 @@ func (a *Agent) cmdLocate(_ context.Context, args json.RawMessage) (any, func(),
 	if req.Seconds < 0 || req.Seconds > 3600 {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "seconds: 0 (stop) to 3600")
 	}
-	if a.periph == nil {
+	if a.hw.Indicator == nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "no indicator configured")
 	}
-	a.periph.mu.Lock()
-	ind := a.periph.ind
-	a.periph.mu.Unlock()
+	ind := a.periph.indicator()
 	if ind == nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "the indicator is down")
 	}
@@ -322,10 +219,10 @@ func (a *Agent) cmdLogLevel(_ context.Context, args json.RawMessage) (any, func(
 	if err := l.UnmarshalText([]byte(req.Level)); err != nil {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "level %q: want debug, info, warn or error", req.Level)
 	}
-	if a.level == nil {
+	if a.opts.LogLevel == nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "the log level is fixed in this build")
 	}
-	a.level.Set(l)
+	a.opts.LogLevel.Set(l)
 	return map[string]any{"level": strings.ToLower(l.String())}, nil, nil
 }
 
@@ -339,8 +236,8 @@ func (a *Agent) cmdLogsTail(_ context.Context, args json.RawMessage) (any, func(
 	if req.Lines < 1 || req.Lines > 500 {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "lines: 1 to 500")
 	}
-	if a.logs == nil {
+	if a.opts.Logs == nil {
 		return map[string]any{"lines": []string{}}, nil, nil
 	}
-	return map[string]any{"lines": a.logs.Tail(req.Lines)}, nil, nil
+	return map[string]any{"lines": a.opts.Logs.Tail(req.Lines)}, nil, nil
 }

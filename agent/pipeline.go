@@ -9,43 +9,27 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/agent/localapi"
 	"station.dev/agent/drivers/cardreader"
-	"station.dev/agent/mqtt"
+	"station.dev/agent/drivers/indicator"
+	"station.dev/agent/internal/backoff"
 	"station.dev/agent/store"
 )
-
-// outbox adapts the store to the link's Outbox interface.
-type outbox struct{ s *store.Store }
-
-func (o outbox) Read(stream string, after uint64, max int) ([]mqtt.Item, error) {
-	recs, err := o.s.Read(store.Stream(stream), after, max)
-	if err != nil {
-		return nil, err
-	}
-	items := make([]mqtt.Item, len(recs))
-	for i, r := range recs {
-		items[i] = mqtt.Item{Seq: r.Seq, Payload: r.Payload}
-	}
-	return items, nil
-}
-
-func (o outbox) Delete(stream string, seqs ...uint64) error {
-	return o.s.Delete(store.Stream(stream), seqs...)
-}
-
-func (o outbox) Changed() <-chan struct{} { return o.s.Changed() }
 
 // newRecord fills the fields every record carries. Seq is assigned by the store.
 func (a *Agent) newRecord(typ string) *contract.Record {
 	return &contract.Record{
 		ID:          newID(),
 		Type:        typ,
-		TS:          rfc3339(a.now()),
+		TS:          rfc3339(a.clk.Now()),
 		ClockSynced: a.synced(),
 		BootID:      a.bootID,
-		UptimeMS:    time.Since(a.start).Milliseconds(),
+		UptimeMS:    a.uptime().Milliseconds(),
 	}
 }
+
+// uptime is the time since the agent was made, on the monotonic clock.
+func (a *Agent) uptime() time.Duration { return a.clk.Monotonic() - a.mono0 }
 
 // appendRecord makes r durable on the events stream and returns it with its seq. It returns only
 // once the record is committed and fsynced.
@@ -67,23 +51,42 @@ func (a *Agent) appendRecord(r *contract.Record, class store.Class) (*contract.R
 	}
 	a.recent.add(payload)
 	if class == store.Normal {
-		a.fullMu.Lock()
-		wasFull, pending := a.full != "", a.fullAlarmPending
-		a.full, a.fullAlarmPending = "", nil
-		a.fullMu.Unlock()
-		if pending != nil {
-			// The disk had no room even for the alarm: the fleet learns of it now.
-			pending.Data = map[string]any{"over": rfc3339(a.now())}
-			if _, err := a.appendRecord(pending, store.Critical); err != nil {
-				a.log.Error("writing store.full alarm", "err", err)
-			}
-		}
-		if wasFull {
-			a.log.Info("store has room again: card records are accepted")
-			a.link.UpdateStatus()
-		}
+		a.roomAgain()
 	}
 	return &out, nil
+}
+
+// fullState is the store-full episode: why the store refuses card records, and an alarm the full
+// disk could not take yet.
+type fullState struct {
+	mu      sync.Mutex
+	reason  string           // "" or contract.ErrStoreFull / contract.ErrDiskFull
+	pending *contract.Record // a store.full alarm waiting for room
+}
+
+func (f *fullState) get() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reason
+}
+
+// roomAgain ends a full episode once a card record was accepted again, and writes the alarm the
+// full disk could not take.
+func (a *Agent) roomAgain() {
+	a.full.mu.Lock()
+	wasFull, pending := a.full.reason != "", a.full.pending
+	a.full.reason, a.full.pending = "", nil
+	a.full.mu.Unlock()
+	if pending != nil {
+		pending.Data = map[string]any{"over": rfc3339(a.clk.Now())}
+		if _, err := a.appendRecord(pending, store.Critical); err != nil {
+			a.log.Error("writing store.full alarm", "err", err)
+		}
+	}
+	if wasFull {
+		a.log.Info("store has room again: card records are accepted")
+		a.link.UpdateStatus()
+	}
 }
 
 // refusal is what the person's tap (or a submitter) is told when the store has no room.
@@ -103,14 +106,14 @@ func noRoom(err error) bool {
 // When the disk itself is full the alarm cannot be stored either: it is written as soon as a record
 // fits again, and meanwhile the retained status (sent over MQTT, not through the store) says so.
 func (a *Agent) storeFull(cause error) {
-	reason, detail := "store_full", "card records refused until the backlog drains"
+	reason, detail := contract.ErrStoreFull, "card records refused until the backlog drains"
 	if !errors.Is(cause, store.ErrFull) {
-		reason, detail = "disk_full", "the disk holding the store is full: card records refused"
+		reason, detail = contract.ErrDiskFull, "the disk holding the store is full: card records refused"
 	}
-	a.fullMu.Lock()
-	first := a.full == ""
-	a.full = reason
-	a.fullMu.Unlock()
+	a.full.mu.Lock()
+	first := a.full.reason == ""
+	a.full.reason = reason
+	a.full.mu.Unlock()
 	if !first {
 		return
 	}
@@ -120,9 +123,9 @@ func (a *Agent) storeFull(cause error) {
 	r.Error = &contract.RecordError{Code: reason, Detail: detail}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing store.full alarm; it is sent once the store has room", "err", err)
-		a.fullMu.Lock()
-		a.fullAlarmPending = r
-		a.fullMu.Unlock()
+		a.full.mu.Lock()
+		a.full.pending = r
+		a.full.mu.Unlock()
 	}
 	a.link.UpdateStatus()
 }
@@ -131,17 +134,32 @@ func (a *Agent) storeFull(cause error) {
 func (a *Agent) writeBootRecords() {
 	if rec := a.store.Recovered(); rec != nil {
 		r := a.newRecord(contract.TypeStoreRecovered)
-		r.Error = &contract.RecordError{Code: "store_broken", Detail: rec.Reason}
+		r.Error = &contract.RecordError{Code: contract.ErrStoreBroken, Detail: rec.Reason}
 		r.Data = map[string]any{"moved_to": rec.MovedTo, "seq_restarted": true}
 		if _, err := a.appendRecord(r, store.Critical); err != nil {
 			a.log.Error("writing store.recovered alarm", "err", err)
 		}
 	}
 	r := a.newRecord(contract.TypeBoot)
-	r.Data = map[string]any{"version": a.version, "sim": a.cfg.Sim}
+	r.Data = map[string]any{"version": a.opts.Version, "sim": a.cfg.Sim}
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing station.boot record", "err", err)
 	}
+}
+
+// Submit records a typed record from other station software (the local API).
+func (a *Agent) Submit(req contract.SubmitRequest) (contract.TapResult, error) {
+	rec := a.newRecord(req.Type)
+	rec.Data = req.Data
+	saved, err := a.appendRecord(rec, store.Normal)
+	if noRoom(err) {
+		a.storeFull(err)
+		return contract.TapResult{}, localapi.Errorf(localapi.StatusFull, "%s", refusal(err))
+	}
+	if err != nil {
+		return contract.TapResult{}, errors.New("not recorded: " + err.Error())
+	}
+	return contract.TapResult{OK: true, ID: saved.ID, Seq: saved.Seq, Type: saved.Type}, nil
 }
 
 // handlePresentation turns one presentation into a durable record, then tells the person.
@@ -157,21 +175,21 @@ func (a *Agent) handlePresentation(p cardreader.Presentation) contract.TapResult
 	saved, err := a.appendRecord(r, store.Normal)
 	switch {
 	case noRoom(err):
-		a.indicate(PatternRefused)
+		a.indicate(indicator.Refused)
 		a.storeFull(err)
 		return contract.TapResult{Error: refusal(err)}
 	case err != nil:
-		a.indicate(PatternError)
+		a.indicate(indicator.Error)
 		a.log.Error("recording card presentation", "err", err)
 		return contract.TapResult{Error: "not recorded: " + err.Error()}
 	}
 	switch {
 	case p.Card == nil:
-		a.indicate(PatternError)
+		a.indicate(indicator.Error)
 	case a.link.Stats().Connected:
-		a.indicate(PatternRecorded)
+		a.indicate(indicator.Recorded)
 	default:
-		a.indicate(PatternRecordedOffline)
+		a.indicate(indicator.RecordedOffline)
 	}
 	a.log.Debug("recorded", "type", saved.Type, "id", saved.ID, "seq", saved.Seq)
 	return contract.TapResult{OK: p.Card != nil, ID: saved.ID, Seq: saved.Seq, Type: saved.Type,
@@ -188,108 +206,56 @@ func errorText(p cardreader.Presentation) string {
 	return "card not read: " + p.Error
 }
 
-func (a *Agent) indicate(pattern string) {
-	if a.ind != nil {
-		a.ind.Show(pattern)
-	}
-}
+// Reader retries: at most readerBackoffMax between attempts, so every attempt is progress for the
+// watchdog (which allows 30s).
+const (
+	readerBackoffMin = 100 * time.Millisecond
+	readerBackoffMax = 10 * time.Second
+)
 
-// readerLoop reads presentations until ctx ends. A reader error is logged and retried with
-// backoff; it never stops the agent.
+// readerLoop opens the card reader and reads presentations until ctx ends. A reader that fails
+// to open, or reports itself down after an error, is (re)opened with backoff; a reader error
+// never stops the agent.
 func (a *Agent) readerLoop(ctx context.Context) error {
-	if a.reader == nil {
+	if a.hw.Reader == nil {
 		<-ctx.Done()
 		return nil
 	}
-	// At most 10s between attempts: every attempt is progress for the watchdog, which allows 30s.
-	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
-	for {
-		a.readerBeat()
-		p, err := a.reader.Next(ctx)
+	beat := a.heartbeat("reader")
+	bo := backoff.Backoff{Min: readerBackoffMin, Max: readerBackoffMax}
+	for ctx.Err() == nil {
+		beat()
+		r := a.reader.get()
+		if r == nil {
+			var err error
+			if r, err = a.hw.Reader(beat); err != nil {
+				a.reader.down(err)
+				d := bo.Next()
+				a.log.Warn("card reader not available; retrying", "err", err, "retry_in", d)
+				a.sleep(ctx, d)
+				continue
+			}
+			a.reader.set(r)
+			a.log.Info("card reader open", "firmware", r.Health().Firmware)
+		}
+		p, err := r.Next(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			d := backoff.next()
+			d := bo.Next()
 			a.log.Warn("card reader", "err", err, "retry_in", d)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(d):
+			if r.Health().State == contract.HealthDown {
+				a.reader.down(err) // opened again on the next turn
 			}
+			a.sleep(ctx, d)
 			continue
 		}
-		backoff.reset()
+		bo.Reset()
 		res := a.handlePresentation(p)
 		if a.sim != nil {
 			a.sim.done(res)
 		}
 	}
-}
-
-// recentRecords keeps the last records written, for `station events`, and feeds followers.
-type recentRecords struct {
-	mu        sync.Mutex
-	ring      [][]byte
-	next      int
-	full      bool
-	followers map[chan []byte]struct{}
-}
-
-func newRecentRecords(n int) *recentRecords {
-	return &recentRecords{ring: make([][]byte, n), followers: map[chan []byte]struct{}{}}
-}
-
-func (r *recentRecords) add(b []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.ring[r.next] = b
-	r.next = (r.next + 1) % len(r.ring)
-	if r.next == 0 {
-		r.full = true
-	}
-	for ch := range r.followers {
-		select {
-		case ch <- b:
-		default: // a follower that does not keep up is dropped rather than slowing the agent
-			delete(r.followers, ch)
-			close(ch)
-		}
-	}
-}
-
-// last returns up to n most recent records, oldest first.
-func (r *recentRecords) last(n int) [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	size := r.next
-	if r.full {
-		size = len(r.ring)
-	}
-	if n > size || n <= 0 {
-		n = size
-	}
-	out := make([][]byte, 0, n)
-	for i := n; i > 0; i-- {
-		out = append(out, r.ring[(r.next-i+len(r.ring))%len(r.ring)])
-	}
-	return out
-}
-
-// follow registers a follower; the channel is closed when it falls behind or on unfollow.
-func (r *recentRecords) follow() chan []byte {
-	ch := make(chan []byte, 64)
-	r.mu.Lock()
-	r.followers[ch] = struct{}{}
-	r.mu.Unlock()
-	return ch
-}
-
-func (r *recentRecords) unfollow(ch chan []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, ok := r.followers[ch]; ok {
-		delete(r.followers, ch)
-		close(ch)
-	}
+	return nil
 }

@@ -18,7 +18,7 @@ func (a *Agent) selfTest() contract.SelfTest {
 	if err := a.store.Check(); err != nil {
 		add("store", false, err.Error())
 	} else {
-		q := a.queueStatus()
+		q := a.Queue()
 		add("store", !q.Full, fmt.Sprintf("%d waiting, %s of %s used", q.Depth, sizeText(q.Bytes), sizeText(q.MaxBytes)))
 	}
 
@@ -39,7 +39,7 @@ func (a *Agent) selfTest() contract.SelfTest {
 	}
 
 	comps := a.components()
-	for _, name := range []string{"indicator", "door", "environment", "display"} {
+	for _, name := range contract.Components {
 		c, configured := comps[name]
 		if !configured {
 			add(name, true, "not configured")
@@ -64,34 +64,29 @@ func (a *Agent) selfTest() contract.SelfTest {
 func (a *Agent) exercise(name string, c contract.ComponentHealth) (bool, string) {
 	p := a.periph
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch name {
-	case "indicator":
-		if p.ind != nil {
-			if err := p.ind.Locate(2 * time.Second); err != nil {
-				return false, err.Error()
-			}
-			return true, joinDetail(c.State, "blinking locate for 2s")
+	ind, door, env := p.ind, p.door, p.env
+	p.mu.Unlock()
+	switch {
+	case name == contract.ComponentIndicator && ind != nil:
+		if err := ind.Locate(2 * time.Second); err != nil {
+			return false, err.Error()
 		}
-	case "door":
-		if p.door != nil {
-			if p.door.State().Open {
-				return true, joinDetail(c.State, "door open")
-			}
-			return true, joinDetail(c.State, "door closed")
+		return true, joinDetail(c.State, "blinking locate for 2s")
+	case name == contract.ComponentDoor && door != nil:
+		if door.State().Open {
+			return true, joinDetail(c.State, "door open")
 		}
-	case "environment":
-		if p.env != nil {
-			rd, err := p.env.Read()
-			if err != nil {
-				return false, "read failed: " + err.Error()
-			}
-			d := fmt.Sprintf("%.1f°C", rd.TempC)
-			if rd.HasHumidity() {
-				d += fmt.Sprintf(", %.0f%% RH", rd.Humidity)
-			}
-			return true, joinDetail(c.State, d)
+		return true, joinDetail(c.State, "door closed")
+	case name == contract.ComponentEnvironment && env != nil:
+		rd, err := env.Read()
+		if err != nil {
+			return false, "read failed: " + err.Error()
 		}
+		d := fmt.Sprintf("%.1f°C", rd.TempC)
+		if rd.HasHumidity() {
+			d += fmt.Sprintf(", %.0f%% RH", rd.Humidity)
+		}
+		return true, joinDetail(c.State, d)
 	}
 	return true, joinDetail(c.State, c.Detail)
 }

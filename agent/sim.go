@@ -5,23 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
 	"station.dev/agent/agent/contract"
-	"station.dev/agent/drivers/cardreader"
-	"station.dev/agent/drivers/pn532"
-	"station.dev/agent/drivers/pn532/pn532sim"
 	"station.dev/agent/drivers/vcard"
 )
 
-// simHardware is the emulated station: a software PN532 on an emulated I2C bus, driven by the
-// same driver and reader code as the real one, holding virtual cards that `station tap` presents.
-type simHardware struct {
-	chip   *pn532sim.Chip
-	dev    *pn532.Dev
-	reader *simReader
+// simTaps presents virtual cards to the emulated reader for `station tap` and hands each
+// presentation's result back to the tap that caused it.
+type simTaps struct {
+	sim Simulator
 
 	tapMu  sync.Mutex // one presentation at a time, so each result belongs to its tap
 	wmu    sync.Mutex
@@ -29,48 +23,39 @@ type simHardware struct {
 	cards  map[string]int // next card number per profile, so each tap is a different card
 }
 
-// simReader is the card reader over the emulated chip, with the chip's health.
-type simReader struct {
-	*cardreader.Reader
-	dev *pn532.Dev
-}
-
-func (r *simReader) Health() contract.ComponentHealth { return pn532Health(r.dev.Health()) }
+func newSimTaps(s Simulator) *simTaps { return &simTaps{sim: s, cards: map[string]int{}} }
 
 // tapTimeout bounds one presentation, from placing the card to its record being durable.
 const tapTimeout = 10 * time.Second
 
-func newSimHardware(key []byte, minInterval time.Duration, log *slog.Logger, beat func()) (*simHardware, error) {
-	chip := pn532sim.New(nil)
-	opts := pn532.DefaultOpts
-	opts.IRQ = chip.IRQ()
-	opts.Logger = log.With("component", "pn532")
-	dev, err := pn532.NewI2C(chip.I2C(), 0x24, &opts)
-	if err != nil {
-		return nil, fmt.Errorf("agent: emulated reader: %w", err)
+// Tap presents the requested cards one by one (the local API's POST tap).
+func (a *Agent) Tap(ctx context.Context, req contract.TapRequest, emit func(contract.TapResult) error) error {
+	if a.sim == nil {
+		return conflict("tap needs an agent started with --sim")
 	}
-	r, err := cardreader.New(&pn532Chip{dev: dev, beat: beat}, &cardreader.Opts{
-		Key: key, MinInterval: minInterval, Logger: log.With("component", "cardreader"),
-	})
+	prof, err := tapProfile(req.Card, req.Profile)
 	if err != nil {
-		return nil, fmt.Errorf("agent: emulated reader: %w", err)
+		return badRequest("%v", err)
 	}
-	return &simHardware{chip: chip, dev: dev, reader: &simReader{Reader: r, dev: dev}, cards: map[string]int{}}, nil
+	for i := 0; i < req.Count; i++ {
+		res, err := a.sim.tap(ctx, prof, req.Same)
+		if err != nil {
+			res = contract.TapResult{Error: err.Error()}
+		}
+		if err := emit(res); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (s *simHardware) close() { _ = s.dev.Halt() }
-
-// profile resolves a tap request's card: a built-in name or a profile document.
-func (s *simHardware) profile(name string, doc json.RawMessage) (*vcard.Profile, error) {
+// tapProfile resolves a tap request's card: a built-in name or a profile document.
+func tapProfile(name string, doc json.RawMessage) (*vcard.Profile, error) {
 	switch {
 	case len(doc) > 0 && name != "":
 		return nil, errors.New("give a card name or a card file, not both")
 	case len(doc) > 0:
-		p, err := vcard.ParseProfile(doc)
-		if err != nil {
-			return nil, err
-		}
-		return p, nil
+		return vcard.ParseProfile(doc)
 	case name == "":
 		name = "unionpay-debit"
 	}
@@ -82,7 +67,7 @@ func (s *simHardware) profile(name string, doc json.RawMessage) (*vcard.Profile,
 }
 
 // tap presents one card of the profile and waits for its record.
-func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (contract.TapResult, error) {
+func (s *simTaps) tap(ctx context.Context, p *vcard.Profile, same bool) (contract.TapResult, error) {
 	s.tapMu.Lock()
 	defer s.tapMu.Unlock()
 	n := s.cards[p.Name]
@@ -100,7 +85,8 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (con
 		s.waiter = nil
 		s.wmu.Unlock()
 	}()
-	gone := s.chip.Present(p.Card(n))
+	gone := s.sim.Present(p.Card(n))
+	// The emulated reader runs in real time: these timeouts bound a wait on it, not the agent.
 	t := time.NewTimer(tapTimeout)
 	defer t.Stop()
 	var res contract.TapResult
@@ -121,7 +107,7 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (con
 }
 
 // done hands a presentation's result to the tap waiting for it.
-func (s *simHardware) done(r contract.TapResult) {
+func (s *simTaps) done(r contract.TapResult) {
 	s.wmu.Lock()
 	w := s.waiter
 	s.waiter = nil

@@ -4,8 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"sync"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,19 +15,19 @@ import (
 	"station.dev/agent/store"
 )
 
-func (a *Agent) queueStatus() contract.QueueStatus {
+// Queue summarises the store (the local API's GET queue).
+func (a *Agent) Queue() contract.QueueStatus {
 	st, err := a.store.Stats()
 	if err != nil {
 		return contract.QueueStatus{}
 	}
-	now := a.now()
+	now := a.clk.Now()
 	q := contract.QueueStatus{
 		Bytes: st.Bytes, MaxBytes: st.MaxBytes, FileBytes: st.FileBytes,
 		Refused: st.Refused, Evicted: st.Evicted, Streams: map[string]contract.StreamStatus{},
 	}
-	a.fullMu.Lock()
-	q.Full, q.FullReason = a.full != "", a.full
-	a.fullMu.Unlock()
+	q.FullReason = a.full.get()
+	q.Full = q.FullReason != ""
 	for name, s := range st.Streams {
 		ss := contract.StreamStatus{Depth: s.Depth, Bytes: s.Bytes, LastSeq: s.LastSeq}
 		if !s.Oldest.IsZero() {
@@ -46,33 +47,23 @@ func (a *Agent) queueStatus() contract.QueueStatus {
 	return q
 }
 
-func (a *Agent) readerHealth() contract.ComponentHealth {
-	if h, ok := a.reader.(ReaderHealth); ok {
-		return h.Health()
-	}
-	if a.reader == nil {
-		return contract.ComponentHealth{State: contract.HealthAbsent}
-	}
-	return contract.ComponentHealth{State: contract.HealthOK}
-}
-
 // status builds the full status object.
 func (a *Agent) status(state, reason string) contract.Status {
 	ls := a.link.Stats()
+	now := a.clk.Now()
+	up := a.uptime()
 	s := contract.Status{
-		State: state, Reason: reason, StationID: a.cfg.StationID, Version: a.version,
-		BootID: a.bootID, Since: rfc3339(a.now().Add(-time.Since(a.start))), TS: rfc3339(a.now()),
-		ClockSynced: a.synced(), UptimeMS: time.Since(a.start).Milliseconds(), Sim: a.cfg.Sim,
-		Reader: a.readerHealth(), Queue: a.queueStatus(),
+		State: state, Reason: reason, StationID: a.cfg.StationID, Version: a.opts.Version,
+		BootID: a.bootID, Since: rfc3339(now.Add(-up)), TS: rfc3339(now),
+		ClockSynced: a.synced(), UptimeMS: up.Milliseconds(), Sim: a.cfg.Sim,
+		Reader: a.readerHealth(), Queue: a.Queue(),
 		Link: &contract.LinkStatus{
 			Broker: a.cfg.MQTT.Broker, Connected: ls.Connected, Connects: ls.Connects,
 			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
 			Published: ls.Published, Acked: ls.Acked,
 		},
 		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
-	}
-	if open := a.doorOpen(); open != nil {
-		s.Door = &contract.DoorStatus{Open: *open}
+		Door: a.doorStatus(),
 	}
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)
@@ -80,9 +71,9 @@ func (a *Agent) status(state, reason string) contract.Status {
 	return s
 }
 
-// statusPayload is the retained online status (without the local-only link block).
-func (a *Agent) statusPayload(state, reason string) []byte {
-	s := a.status(state, reason)
+// statusPayload is the retained online status (without the local-only link and indicator).
+func (a *Agent) statusPayload() []byte {
+	s := a.status(contract.StateOnline, "")
 	s.Link, s.Indicator = nil, nil
 	b, _ := json.Marshal(s)
 	return b
@@ -93,44 +84,44 @@ func (a *Agent) statusPayload(state, reason string) []byte {
 func (a *Agent) offlinePayload(reason string) []byte {
 	b, _ := json.Marshal(contract.Offline{
 		State: contract.StateOffline, Reason: reason, StationID: a.cfg.StationID,
-		BootID: a.bootID, Version: a.version, TS: rfc3339(a.now()),
+		BootID: a.bootID, Version: a.opts.Version, TS: rfc3339(a.clk.Now()),
 	})
 	return b
 }
 
 // statusKey is what, when it changes, makes the retained status worth republishing.
 func (a *Agent) statusKey() string {
-	q := a.queueStatus()
-	key := a.readerHealth().State
-	if q.Full {
-		key += "/full"
+	var b strings.Builder
+	b.WriteString(a.readerHealth().State)
+	if a.full.get() != "" {
+		b.WriteString("/full")
 	}
-	if open := a.doorOpen(); open != nil && *open {
-		key += "/door-open"
+	if d := a.doorStatus(); d != nil && d.Open {
+		b.WriteString("/door-open")
 	}
-	for name, c := range a.components() {
-		key += "/" + name + "=" + c.State
+	comps := a.components()
+	for _, name := range slices.Sorted(maps.Keys(comps)) {
+		b.WriteString("/" + name + "=" + comps[name].State)
 	}
-	return key
+	return b.String()
 }
 
-// statusLoop republishes the retained status when something in it changes, and compacts the
-// store once a backlog has drained.
+// Status loop timing.
+const (
+	statusInterval  = 5 * time.Second
+	compactInterval = time.Hour
+)
+
+// statusLoop republishes the retained status when something in it changes, notices wall-clock
+// steps, and compacts the store once a backlog has drained.
 func (a *Agent) statusLoop(ctx context.Context) error {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
 	beat := a.heartbeat("status")
 	last := a.statusKey()
 	lastLine := ""
-	lastCompact := time.Now()
-	clock := newClockWatch(a.now(), time.Since(a.start))
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if jump, from, to := clock.observe(a.now(), time.Since(a.start)); jump != 0 {
+	lastCompact := a.clk.Monotonic()
+	clock := newClockWatch(a.clk.Now(), a.clk.Monotonic())
+	for a.sleep(ctx, statusInterval) {
+		if jump, from, to := clock.observe(a.clk.Now(), a.clk.Monotonic()); jump != 0 {
 			a.clockJumped(jump, from, to)
 		}
 		beat()
@@ -138,12 +129,12 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 			last = k
 			a.link.UpdateStatus()
 		}
-		if line := a.statusLine(); line != lastLine && a.statusFn != nil {
+		if line := a.statusLine(); line != lastLine && a.opts.Status != nil {
 			lastLine = line
-			a.statusFn(line)
+			a.opts.Status(line)
 		}
-		if time.Since(lastCompact) > time.Hour {
-			lastCompact = time.Now()
+		if now := a.clk.Monotonic(); now-lastCompact > compactInterval {
+			lastCompact = now
 			if done, err := a.store.CompactIfWasteful(); err != nil {
 				a.log.Warn("compacting store", "err", err)
 			} else if done {
@@ -151,6 +142,7 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 			}
 		}
 	}
+	return nil
 }
 
 // clockJumpThreshold is how far wall time may move against the monotonic clock between two checks
@@ -196,100 +188,12 @@ func (a *Agent) statusLine() string {
 	if a.link.Stats().Connected {
 		link = "online"
 	}
-	q := a.queueStatus()
+	q := a.Queue()
 	line := fmt.Sprintf("%s, %d waiting, reader %s", link, q.Depth, a.readerHealth().State)
 	if q.Full {
 		line += ", STORE FULL"
 	}
 	return line
-}
-
-func (a *Agent) telemetry() contract.Telemetry {
-	ls := a.link.Stats()
-	q := a.queueStatus()
-	q.Streams = nil
-	t := contract.Telemetry{
-		TS: rfc3339(a.now()), ClockSynced: a.synced(), BootID: a.bootID,
-		UptimeMS: time.Since(a.start).Milliseconds(), Queue: q,
-		Connects: ls.Connects, Failures: ls.Failures, Reader: a.readerHealth(),
-		Components: a.components(), Environment: a.environment(), Commands: a.cmdStats.snapshot(),
-	}
-	if open := a.doorOpen(); open != nil {
-		t.Door = &contract.DoorStatus{Open: *open}
-	}
-	return t
-}
-
-// telemetryLoop publishes a heartbeat every interval. Online it goes straight out at QoS 0 and
-// costs no disk write; offline it is kept in the store's evictable telemetry stream and sent when
-// the link returns.
-func (a *Agent) telemetryLoop(ctx context.Context) error {
-	interval := a.cfg.Telemetry.Interval.D()
-	// A first heartbeat soon after start, spread so a fleet does not report in lockstep.
-	first := time.NewTimer(time.Duration(rand.Int64N(int64(interval)/4 + 1)))
-	defer first.Stop()
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-first.C:
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		a.sendTelemetry()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-func (a *Agent) sendTelemetry() {
-	b, err := json.Marshal(a.telemetry())
-	if err != nil {
-		return
-	}
-	if a.link.PublishNow(a.topics.Telemetry, b) {
-		a.flushTelemetry() // back online: what was kept goes out through the store
-		return
-	}
-	a.telMu.Lock()
-	a.telBuf = append(a.telBuf, b)
-	full := len(a.telBuf) >= telemetryBatch
-	a.telMu.Unlock()
-	if full {
-		a.flushTelemetry()
-	}
-}
-
-// telemetryBatch is how many offline heartbeats are kept in memory before they are stored
-// together. Stored one by one, each would cost a commit (about 20 KiB written to the SD card);
-// together they share one or two. A power cut loses at most this many heartbeats, which are
-// evictable anyway.
-const telemetryBatch = 30
-
-// flushTelemetry stores the heartbeats kept while offline. The appends are made at once so the
-// store's group commit writes them together.
-func (a *Agent) flushTelemetry() {
-	a.telMu.Lock()
-	batch := a.telBuf
-	a.telBuf = nil
-	a.telMu.Unlock()
-	if len(batch) == 0 {
-		return
-	}
-	var wg sync.WaitGroup
-	for _, b := range batch {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := a.store.Append(store.Telemetry, store.Evictable, func(uint64) ([]byte, error) { return b, nil }); err != nil {
-				a.log.Warn("keeping telemetry", "err", err)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // kernelClockSynced asks the kernel whether NTP has synchronised the clock (adjtimex STA_UNSYNC).
@@ -301,18 +205,3 @@ func kernelClockSynced() bool {
 	}
 	return state != unix.TIME_ERROR && tx.Status&unix.STA_UNSYNC == 0
 }
-
-// backoff is exponential backoff with full jitter.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
-
-func (b *backoff) next() time.Duration {
-	d := time.Duration(rand.Int64N(int64(b.cur)) + 1)
-	b.cur = min(b.cur*2, b.max)
-	return d
-}
-
-func (b *backoff) reset() { b.cur = b.min }

@@ -24,7 +24,7 @@ const (
 
 // MaxWindow is the largest accepted Config.Window. MQTT packet identifiers
 // are 16 bits; far fewer in flight already saturate any station uplink.
-const MaxWindow = 4096
+const MaxWindow = 1024
 
 // Stream maps an outbox stream to a topic. Items of a stream are published
 // in seq order with QoS 1, or QoS 0 when QoS is 0.

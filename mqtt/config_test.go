@@ -1,7 +1,6 @@
 package mqtt_test
 
 import (
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,40 +10,6 @@ import (
 	"station.dev/agent/mqtt"
 	"station.dev/agent/mqtt/internal/mqtttest"
 )
-
-func TestBackoffIsCappedExponentialWithFullJitter(t *testing.T) {
-	const lo, hi = time.Second, 2 * time.Minute
-	for _, c := range []struct {
-		failures int
-		r        float64
-		want     time.Duration
-	}{
-		{0, 0, 0}, // full jitter reaches down to zero
-		{0, 0.5, 500 * time.Millisecond},
-		{0, 0.999, 999 * time.Millisecond},
-		{1, 0.5, time.Second},
-		{3, 0.5, 4 * time.Second},
-		{3, 0.25, 2 * time.Second},
-		{6, 0.5, 32 * time.Second},
-		{7, 0.5, 60 * time.Second}, // 128s capped at 2m
-		{7, 0.999, 119880 * time.Millisecond},
-		{1000, 0.5, 60 * time.Second}, // no overflow
-	} {
-		if got := mqtt.Backoff(c.failures, lo, hi, c.r); got != c.want {
-			t.Errorf("Backoff(%d, r=%v) = %v, want %v", c.failures, c.r, got, c.want)
-		}
-	}
-	// A huge cap does not overflow either.
-	if got := mqtt.Backoff(200, time.Nanosecond, math.MaxInt64, 0.5); got <= 0 {
-		t.Errorf("Backoff with a huge cap = %v", got)
-	}
-	// A broken jitter source neither stalls nor spins.
-	for _, r := range []float64{math.NaN(), -1, 1, 7} {
-		if got := mqtt.Backoff(0, lo, hi, r); got != 500*time.Millisecond {
-			t.Errorf("Backoff(r=%v) = %v, want the midpoint", r, got)
-		}
-	}
-}
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	good := func() mqtt.Config {

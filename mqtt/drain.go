@@ -7,6 +7,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"station.dev/agent/internal/backoff"
 )
 
 const (
@@ -301,7 +302,7 @@ func (d *drain) readFailed(st *streamState, err error) {
 	st.exhausted = true
 	if !d.retryArmed {
 		cfg := &d.l.cfg
-		d.retryTimer.Reset(max(time.Millisecond, backoff(d.readFails, cfg.BackoffMin, cfg.BackoffMax, d.l.rand())))
+		d.retryTimer.Reset(max(time.Millisecond, backoff.Delay(d.readFails, cfg.BackoffMin, cfg.BackoffMax, d.l.rand())))
 		d.retryArmed = true
 		if d.readFails < 62 {
 			d.readFails++

@@ -1,4 +1,1 @@
 package mqtt
-
-// Backoff exposes backoff to the tests.
-var Backoff = backoff

@@ -33,6 +33,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"station.dev/agent/internal/backoff"
 	"station.dev/agent/mqtt/internal/brokerconn"
 )
 
@@ -169,7 +170,7 @@ func (l *Link) Run(ctx context.Context) error {
 		if up >= stable {
 			failures = 0
 		}
-		wait := backoff(failures, l.cfg.BackoffMin, l.cfg.BackoffMax, l.rand())
+		wait := backoff.Delay(failures, l.cfg.BackoffMin, l.cfg.BackoffMax, l.rand())
 		l.noteFailure(err, up > 0, failures, wait)
 		if failures < 62 {
 			failures++

@@ -18,6 +18,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/mqtt"
+	"station.dev/agent/store"
 )
 
 // Config is the whole configuration. The zero value of a field means "use the default";
@@ -139,10 +141,10 @@ type Display struct {
 const (
 	DefaultDataDir      = "/var/lib/station"
 	DefaultTopicPrefix  = contract.DefaultTopicPrefix
-	DefaultMaxBytes     = 256 << 20
-	DefaultWindow       = 32
-	DefaultKeepAlive    = 30 * time.Second
-	DefaultBackoffMax   = 2 * time.Minute
+	DefaultMaxBytes     = store.DefaultMaxBytes
+	DefaultWindow       = mqtt.DefaultWindow
+	DefaultKeepAlive    = mqtt.DefaultKeepAlive
+	DefaultBackoffMax   = mqtt.DefaultBackoffMax
 	DefaultTelemetry    = 60 * time.Second
 	DefaultPollInterval = 100 * time.Millisecond
 	DefaultI2CAddress   = 0x24
@@ -347,8 +349,8 @@ func (m *MQTT) normalize(sim bool) error {
 	if m.Window == 0 {
 		m.Window = DefaultWindow
 	}
-	if m.Window < 1 || m.Window > 1024 {
-		return fmt.Errorf("config: mqtt.window %d: want 1 to 1024", m.Window)
+	if m.Window < 1 || m.Window > mqtt.MaxWindow {
+		return fmt.Errorf("config: mqtt.window %d: want 1 to %d", m.Window, mqtt.MaxWindow)
 	}
 	if m.KeepAlive == 0 {
 		m.KeepAlive = Duration(DefaultKeepAlive)

@@ -1,0 +1,81 @@
+package agent
+
+import (
+	"context"
+
+	"station.dev/agent/agent/contract"
+	"station.dev/agent/mqtt"
+	"station.dev/agent/store"
+)
+
+// Link is the broker link as the agent uses it (implemented by *mqtt.Link).
+type Link interface {
+	Run(ctx context.Context) error
+	Stats() mqtt.Stats
+	UpdateStatus()
+	PublishNow(topic string, payload []byte) bool
+}
+
+// LinkHooks are the agent's side of the broker link: what it publishes, from where, and what
+// it does with what arrives.
+type LinkHooks struct {
+	StatusTopic    string
+	Status         func() []byte // the retained online status
+	WillPayload    []byte        // the last will: offline, lost
+	ShutdownStatus func() []byte // the retained status of a clean stop
+	Streams        []mqtt.Stream
+	Subscriptions  []string
+	OnMessage      func(mqtt.Message)
+	Progress       func() // watchdog progress of the link loop
+	Outbox         mqtt.Outbox
+}
+
+// MQTTLink returns a Link builder for Parts.Link: the paho link with the connection settings of
+// base (broker, credentials, TLS, keepalive, backoff, window, logger) and the agent's hooks.
+func MQTTLink(base mqtt.Config) func(LinkHooks) (Link, error) {
+	return func(h LinkHooks) (Link, error) {
+		c := base
+		c.StatusTopic, c.Status, c.WillPayload, c.ShutdownStatus = h.StatusTopic, h.Status, h.WillPayload, h.ShutdownStatus
+		c.Streams, c.Subscriptions, c.OnMessage, c.Progress = h.Streams, h.Subscriptions, h.OnMessage, h.Progress
+		return mqtt.New(c, h.Outbox)
+	}
+}
+
+func (a *Agent) linkHooks() LinkHooks {
+	return LinkHooks{
+		StatusTopic:    a.topics.Status,
+		Status:         a.statusPayload,
+		WillPayload:    a.offlinePayload(contract.ReasonLost),
+		ShutdownStatus: func() []byte { return a.offlinePayload(contract.ReasonShutdown) },
+		Streams: []mqtt.Stream{
+			{Name: string(store.Events), Topic: a.topics.Events, QoS: 1},
+			{Name: string(store.Responses), Topic: a.topics.Resp, QoS: 1},
+			{Name: string(store.Telemetry), Topic: a.topics.Telemetry, QoS: 1},
+		},
+		Subscriptions: []string{a.topics.Cmd, a.topics.FleetCmd},
+		Progress:      a.heartbeat("link"),
+		OnMessage:     a.onMessage,
+		Outbox:        outbox{a.store},
+	}
+}
+
+// outbox adapts the store to the link's Outbox interface.
+type outbox struct{ s *store.Store }
+
+func (o outbox) Read(stream string, after uint64, max int) ([]mqtt.Item, error) {
+	recs, err := o.s.Read(store.Stream(stream), after, max)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]mqtt.Item, len(recs))
+	for i, r := range recs {
+		items[i] = mqtt.Item{Seq: r.Seq, Payload: r.Payload}
+	}
+	return items, nil
+}
+
+func (o outbox) Delete(stream string, seqs ...uint64) error {
+	return o.s.Delete(store.Stream(stream), seqs...)
+}
+
+func (o outbox) Changed() <-chan struct{} { return o.s.Changed() }
