@@ -6,14 +6,35 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
 
-	"station.dev/agent/drivers"
 	"station.dev/agent/drivers/cardreader"
+	"station.dev/agent/drivers/display"
+	"station.dev/agent/drivers/door"
+	"station.dev/agent/drivers/envsensor"
+	"station.dev/agent/drivers/hw"
+	"station.dev/agent/drivers/hw/hwsim"
+	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/drivers/pn532"
+)
+
+// hardware is the station's hardware as the agent opens it: drivers/hw on a station,
+// drivers/hw/hwsim under --sim.
+type hardware interface {
+	Fitted() hw.Fitted
+	OpenReader(beat func()) (*hw.CardReader, error)
+	OpenIndicator() (*indicator.Indicator, error)
+	OpenDoor() (*door.Door, error)
+	OpenEnvironment() (*envsensor.Sensor, error)
+	OpenDisplay() (*display.Display, error)
+	Close() error
+}
+
+var (
+	_ hardware = (*hw.Station)(nil)
+	_ hardware = (*hwsim.Station)(nil)
 )
 
 // setupHardware builds the card reader (and, in simulation, the emulated chip) from config.
@@ -36,7 +57,7 @@ func (a *Agent) setupHardware() error {
 		if err != nil {
 			return err
 		}
-		a.sim, err = newSimHardware(key, cfg.Card.MinInterval.D(), a.log, a.readerBeat)
+		a.sim, err = newSimHardware(key, cfg, a.log, a.readerBeat)
 		if err != nil {
 			return err
 		}
@@ -47,16 +68,64 @@ func (a *Agent) setupHardware() error {
 	if err != nil {
 		return err
 	}
-	a.hostInit()
-	a.reader = &hwReader{a: a, key: key, beat: a.readerBeat}
+	a.reader = &hwReader{st: a.newStation(key), beat: a.readerBeat}
 	return nil
 }
 
-// hostInit loads periph's host drivers (GPIO, I2C, SPI) once. A failure is logged: each part then
-// fails to open with its own reason and is retried.
-func (a *Agent) hostInit() {
-	if err := drivers.HostInit(); err != nil {
-		a.log.Warn("periph host init", "err", err)
+// newStation builds the hardware assembly from the configuration; key is the card token key, nil
+// when the agent reads no cards. It opens nothing yet.
+func (a *Agent) newStation(key []byte) *hw.Station {
+	c := a.cfg
+	r := hw.Reader{Driver: "none"}
+	if key != nil {
+		r = hw.Reader{
+			Driver: c.Reader.Driver, Bus: c.Reader.Bus, Device: c.Reader.Device, Address: uint16(c.Reader.Address),
+			IRQPin: c.Reader.IRQPin, ResetPin: c.Reader.ResetPin, PollInterval: c.Reader.PollInterval.D(),
+			Key: key, MinInterval: c.Card.MinInterval.D(),
+		}
+	}
+	return hw.New(hw.Config{
+		Reader: r,
+		Indicator: hw.Indicator{Red: c.Indicator.Red, Green: c.Indicator.Green, Blue: c.Indicator.Blue,
+			Buzzer: c.Indicator.Buzzer, ActiveLow: c.Indicator.ActiveLow, BuzzerOnOff: c.Indicator.BuzzerOnOff},
+		Door:        hw.Door{Pin: c.Door.Pin, OpenLow: c.Door.OpenLow, Debounce: c.Door.Debounce.D()},
+		Environment: hw.Environment{Enabled: c.Env.Enabled, Bus: c.Env.Bus, Address: uint16(c.Env.Address)},
+		Display:     hw.Display{Enabled: c.Display.Enabled, Bus: c.Display.Bus, Address: uint16(c.Display.Address)},
+		Logger:      a.log,
+	})
+}
+
+// hardware returns the hardware the peripherals open: the emulated station under --sim, else
+// the assembly the card reader uses, so that a bus they share is opened once.
+func (a *Agent) hardware() hardware {
+	if a.sim != nil {
+		return a.sim.hw
+	}
+	if a.cfg.Sim {
+		return hwsim.New(hwsim.Config{DoorOpenLow: a.cfg.Door.OpenLow, Display: a.cfg.Display.Enabled, Logger: a.log})
+	}
+	if r, ok := a.reader.(*hwReader); ok {
+		return r.st
+	}
+	return a.newStation(nil)
+}
+
+// closeHardware halts the reader and the peripherals, then closes their buses and pins.
+func (a *Agent) closeHardware() {
+	var hs []hardware
+	if a.periph != nil && a.periph.hw != nil {
+		hs = append(hs, a.periph.hw)
+	}
+	if r, ok := a.reader.(*hwReader); ok {
+		hs = append(hs, r.st)
+	}
+	if a.sim != nil {
+		hs = append(hs, a.sim.hw)
+	}
+	for _, h := range hs {
+		if err := h.Close(); err != nil {
+			a.log.Warn("closing the hardware", "err", err)
+		}
 	}
 }
 
@@ -89,92 +158,27 @@ func (a *Agent) cardKey() ([]byte, error) {
 	return b, nil
 }
 
-// pn532Chip adapts the PN532 driver to the card reader's Chip interface.
-type pn532Chip struct {
-	dev  *pn532.Dev
-	tg   byte
-	beat func() // each poll is progress of the reader loop, for the watchdog
-}
-
-func (c *pn532Chip) Detect(ctx context.Context) (*cardreader.Target, error) {
-	c.beat()
-	t, err := c.dev.InListPassiveTarget(ctx)
-	if err != nil || t == nil {
-		return nil, err
-	}
-	c.tg = t.Tg
-	return &cardreader.Target{UID: t.UID, SensRes: t.SensRes, SelRes: t.SelRes, ATS: t.ATS}, nil
-}
-
-func (c *pn532Chip) Transmit(ctx context.Context, apdu []byte) ([]byte, error) {
-	r, err := c.dev.InDataExchange(ctx, c.tg, apdu)
-	if errors.Is(err, pn532.ErrCardRemoved) {
-		return nil, fmt.Errorf("%w: %w", cardreader.ErrRemoved, err)
-	}
-	return r, err
-}
-
-func (c *pn532Chip) Release(ctx context.Context) error { return c.dev.InRelease(ctx, c.tg) }
-
-// hwReader opens the configured PN532 on first use and again after it was lost, so a reader
-// missing at boot is reported down and picked up once it answers.
+// hwReader opens the configured PN532 on first use, so a reader missing at boot is reported down
+// and picked up once it answers.
 type hwReader struct {
-	a    *Agent
-	key  []byte
+	st   *hw.Station
 	beat func()
 
 	mu      sync.Mutex
-	bus     io.Closer
-	dev     *pn532.Dev
-	r       *cardreader.Reader
+	r       *hw.CardReader
 	lastErr string
-}
-
-func (h *hwReader) open() error {
-	cfg := h.a.cfg.Reader
-	opts := pn532.DefaultOpts
-	opts.Logger = h.a.log.With("component", "pn532")
-	dev, bus, err := pn532.Open(pn532.Conn{
-		Bus: cfg.Bus, Device: cfg.Device, Address: uint16(cfg.Address),
-		IRQPin: cfg.IRQPin, ResetPin: cfg.ResetPin,
-	}, opts)
-	if err != nil {
-		return err
-	}
-	h.bus, h.dev = bus, dev
-	r, err := cardreader.New(&pn532Chip{dev: h.dev, beat: h.beat}, &cardreader.Opts{
-		Key: h.key, MinInterval: h.a.cfg.Card.MinInterval.D(), PollInterval: cfg.PollInterval.D(),
-		Logger: h.a.log.With("component", "cardreader"),
-	})
-	if err != nil {
-		h.closeLocked()
-		return err
-	}
-	h.r = r
-	return nil
-}
-
-func (h *hwReader) closeLocked() {
-	if h.dev != nil {
-		_ = h.dev.Halt()
-		h.dev = nil
-	}
-	if h.bus != nil {
-		_ = h.bus.Close()
-		h.bus = nil
-	}
-	h.r = nil
 }
 
 func (h *hwReader) Next(ctx context.Context) (cardreader.Presentation, error) {
 	h.mu.Lock()
 	if h.r == nil {
-		if err := h.open(); err != nil {
+		r, err := h.st.OpenReader(h.beat)
+		if err != nil {
 			h.lastErr = err.Error()
 			h.mu.Unlock()
 			return cardreader.Presentation{}, err
 		}
-		h.lastErr = ""
+		h.r, h.lastErr = r, ""
 	}
 	r := h.r
 	h.mu.Unlock()
@@ -184,10 +188,10 @@ func (h *hwReader) Next(ctx context.Context) (cardreader.Presentation, error) {
 func (h *hwReader) Health() ComponentHealth {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.dev == nil {
+	if h.r == nil {
 		return ComponentHealth{State: "down", Detail: h.lastErr}
 	}
-	return pn532Health(h.dev.Health())
+	return pn532Health(h.r.Health())
 }
 
 func pn532Health(hl pn532.Health) ComponentHealth {

@@ -10,6 +10,7 @@ import (
 	"station.dev/agent/drivers/display"
 	"station.dev/agent/drivers/door"
 	"station.dev/agent/drivers/envsensor"
+	"station.dev/agent/drivers/hw/hwsim"
 	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/store"
 )
@@ -47,15 +48,14 @@ func (p *part) get() ComponentHealth {
 type healthFunc func() (status, reason string)
 
 type peripherals struct {
-	mu      sync.Mutex
-	ind     *indicator.Indicator
-	door    *door.Door
-	doorSim *door.SimSwitch
-	env     *envsensor.Sensor
-	envSim  *envsensor.SimChip
-	mon     *envsensor.Monitor
-	disp    *display.Display
-	host    envsensor.Host
+	hw   hardware // opens the parts; set before the loops start
+	mu   sync.Mutex
+	ind  *indicator.Indicator
+	door *door.Door
+	env  *envsensor.Sensor
+	mon  *envsensor.Monitor
+	disp *display.Display
+	host envsensor.Host
 
 	parts   map[string]*part // configured parts only
 	envLast map[string]float64
@@ -92,8 +92,8 @@ func (a *Agent) setupPeripherals() {
 			p.parts[name] = &part{state: "down", detail: "starting"}
 		}
 	}
-	if !cfg.Sim && len(p.parts) > 0 {
-		a.hostInit()
+	if len(p.parts) > 0 {
+		p.hw = a.hardware()
 	}
 	if a.ind == nil && p.parts["indicator"] != nil {
 		a.ind = indicatorSlot{p}
@@ -220,36 +220,15 @@ func (a *Agent) peripheralsLoop(ctx context.Context) error {
 	run("environment", a.openEnv, a.serveEnv)
 	run("display", a.openDisplay, a.serveDisplay)
 	wg.Wait()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ind != nil {
-		_ = p.ind.Halt()
-	}
-	if p.door != nil {
-		_ = p.door.Halt()
-	}
-	if p.env != nil {
-		_ = p.env.Close()
-	}
-	if p.disp != nil {
-		_ = p.disp.Close()
-	}
+	// The reader may share the hardware (a bus): close it, which halts every part, only once the
+	// agent stops.
+	<-ctx.Done()
+	a.closeHardware()
 	return nil
 }
 
 func (a *Agent) openIndicator() (healthFunc, error) {
-	c := a.cfg.Indicator
-	icfg := indicator.Config{BuzzerOnOff: c.BuzzerOnOff, Logger: a.log.With("component", "indicator")}
-	for _, o := range []*indicator.Output{&icfg.Red, &icfg.Green, &icfg.Blue, &icfg.Buzzer} {
-		o.ActiveLow = c.ActiveLow // Open fills in the pins and keeps the polarity
-	}
-	var ind *indicator.Indicator
-	var err error
-	if a.cfg.Sim {
-		ind, err = indicator.NewSim(icfg)
-	} else {
-		ind, err = indicator.Open(indicator.PinNames{Red: c.Red, Green: c.Green, Blue: c.Blue, Buzzer: c.Buzzer}, icfg)
-	}
+	ind, err := a.periph.hw.OpenIndicator()
 	if err != nil {
 		return nil, err
 	}
@@ -260,20 +239,7 @@ func (a *Agent) openIndicator() (healthFunc, error) {
 }
 
 func (a *Agent) openDoor() (healthFunc, error) {
-	c := a.cfg.Door
-	dcfg := door.Config{OpenLow: c.OpenLow, Debounce: c.Debounce.D(), Logger: a.log.With("component", "door")}
-	var d *door.Door
-	var err error
-	if a.cfg.Sim {
-		sw := door.NewSimSwitch(door.SimSwitchConfig{OpenLow: c.OpenLow})
-		dcfg.Pin = sw
-		d, err = door.New(dcfg)
-		a.periph.mu.Lock()
-		a.periph.doorSim = sw
-		a.periph.mu.Unlock()
-	} else {
-		d, err = door.Open(c.Pin, dcfg)
-	}
+	d, err := a.periph.hw.OpenDoor()
 	if err != nil {
 		return nil, err
 	}
@@ -322,18 +288,12 @@ func (a *Agent) openEnv() (healthFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	var s *envsensor.Sensor
-	var chip *envsensor.SimChip
-	if a.cfg.Sim {
-		s, chip, err = envsensor.NewSim(envsensor.SimChipConfig{}, nil)
-	} else {
-		s, err = envsensor.Open(c.Bus, uint16(c.Address), nil)
-	}
+	s, err := a.periph.hw.OpenEnvironment()
 	if err != nil {
 		return nil, err
 	}
 	a.periph.mu.Lock()
-	a.periph.env, a.periph.envSim, a.periph.mon = s, chip, mon
+	a.periph.env, a.periph.mon = s, mon
 	a.periph.mu.Unlock()
 	return s.Health, nil
 }
@@ -389,14 +349,7 @@ func (a *Agent) readEnv() {
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
 
 func (a *Agent) openDisplay() (healthFunc, error) {
-	c := a.cfg.Display
-	var d *display.Display
-	var err error
-	if a.cfg.Sim {
-		d, _, err = display.NewSim(&display.Opts{Addr: uint16(c.Address)})
-	} else {
-		d, err = display.Open(c.Bus, &display.Opts{Addr: uint16(c.Address)})
-	}
+	d, err := a.periph.hw.OpenDisplay()
 	if err != nil {
 		return nil, err
 	}
@@ -429,30 +382,22 @@ func (a *Agent) serveDisplay(ctx context.Context) {
 
 // simDoor sets the emulated door switch.
 func (a *Agent) simDoor(open bool) error {
-	p := a.periph
-	p.mu.Lock()
-	sw := p.doorSim
-	p.mu.Unlock()
-	if sw == nil {
+	sim, ok := a.periph.hw.(*hwsim.Station)
+	if !ok {
 		return fmt.Errorf("no emulated door: the agent must run with --sim")
 	}
-	sw.Set(open)
+	sim.SetDoor(open)
 	return nil
 }
 
 // simEnv sets the emulated cabinet sensor and reads it at once.
 func (a *Agent) simEnv(tempC float64, humidity *float64) error {
 	p := a.periph
-	p.mu.Lock()
-	chip := p.envSim
-	p.mu.Unlock()
-	if chip == nil {
+	sim, ok := p.hw.(*hwsim.Station)
+	if !ok {
 		return fmt.Errorf("no emulated sensor: the agent must run with --sim")
 	}
-	chip.SetTemp(tempC)
-	if humidity != nil {
-		chip.SetHumidity(*humidity)
-	}
+	sim.SetEnvironment(tempC, humidity)
 	select {
 	case p.envPoke <- struct{}{}:
 	default:

@@ -9,17 +9,16 @@ import (
 	"sync"
 	"time"
 
-	"station.dev/agent/drivers/cardreader"
-	"station.dev/agent/drivers/pn532"
-	"station.dev/agent/drivers/pn532/pn532sim"
+	"station.dev/agent/agent/config"
+	"station.dev/agent/drivers/hw"
+	"station.dev/agent/drivers/hw/hwsim"
 	"station.dev/agent/drivers/vcard"
 )
 
 // simHardware is the emulated station: a software PN532 on an emulated I2C bus, driven by the
 // same driver and reader code as the real one, holding virtual cards that `station tap` presents.
 type simHardware struct {
-	chip   *pn532sim.Chip
-	dev    *pn532.Dev
+	hw     *hwsim.Station
 	reader *simReader
 
 	tapMu  sync.Mutex // one presentation at a time, so each result belongs to its tap
@@ -30,34 +29,27 @@ type simHardware struct {
 
 // simReader is the card reader over the emulated chip, with the chip's health.
 type simReader struct {
-	*cardreader.Reader
-	dev *pn532.Dev
+	*hw.CardReader
 }
 
-func (r *simReader) Health() ComponentHealth { return pn532Health(r.dev.Health()) }
+func (r *simReader) Health() ComponentHealth { return pn532Health(r.CardReader.Health()) }
 
 // tapTimeout bounds one presentation, from placing the card to its record being durable.
 const tapTimeout = 10 * time.Second
 
-func newSimHardware(key []byte, minInterval time.Duration, log *slog.Logger, beat func()) (*simHardware, error) {
-	chip := pn532sim.New(nil)
-	opts := pn532.DefaultOpts
-	opts.IRQ = chip.IRQ()
-	opts.Logger = log.With("component", "pn532")
-	dev, err := pn532.NewI2C(chip.I2C(), 0x24, &opts)
-	if err != nil {
-		return nil, fmt.Errorf("agent: emulated reader: %w", err)
-	}
-	r, err := cardreader.New(&pn532Chip{dev: dev, beat: beat}, &cardreader.Opts{
-		Key: key, MinInterval: minInterval, Logger: log.With("component", "cardreader"),
+func newSimHardware(key []byte, cfg *config.Config, log *slog.Logger, beat func()) (*simHardware, error) {
+	st := hwsim.New(hwsim.Config{
+		Key: key, MinInterval: cfg.Card.MinInterval.D(), PollInterval: cfg.Reader.PollInterval.D(),
+		DoorOpenLow: cfg.Door.OpenLow, Display: cfg.Display.Enabled, Logger: log,
 	})
+	r, err := st.OpenReader(beat)
 	if err != nil {
 		return nil, fmt.Errorf("agent: emulated reader: %w", err)
 	}
-	return &simHardware{chip: chip, dev: dev, reader: &simReader{Reader: r, dev: dev}, cards: map[string]int{}}, nil
+	return &simHardware{hw: st, reader: &simReader{CardReader: r}, cards: map[string]int{}}, nil
 }
 
-func (s *simHardware) close() { _ = s.dev.Halt() }
+func (s *simHardware) close() { _ = s.hw.Close() }
 
 // profile resolves a tap request's card: a built-in name or a profile document.
 func (s *simHardware) profile(name string, doc json.RawMessage) (*vcard.Profile, error) {
@@ -99,7 +91,7 @@ func (s *simHardware) tap(ctx context.Context, p *vcard.Profile, same bool) (Tap
 		s.waiter = nil
 		s.wmu.Unlock()
 	}()
-	gone := s.chip.Present(p.Card(n))
+	gone := s.hw.Present(p.Card(n))
 	t := time.NewTimer(tapTimeout)
 	defer t.Stop()
 	var res TapResult
