@@ -98,7 +98,9 @@ func spawnAgent(t testing.TB, s agentSpec) (*agent, error) {
 	if s.backoffMax == "" {
 		s.backoffMax = "1s"
 	}
-	cfg := fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = %q\n%s", s.prefix, s.backoffMax, s.toml)
+	// The tests tap in bursts: poll the emulated reader every millisecond, as the default 100ms
+	// would pace a burst at about five taps a second.
+	cfg := fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = %q\n[reader]\npoll_interval = \"1ms\"\n%s", s.prefix, s.backoffMax, s.toml)
 	if err := os.WriteFile(s.config(), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}

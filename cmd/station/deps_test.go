@@ -9,7 +9,8 @@ import (
 
 // TestDependencies keeps the binary lean and the layers apart (DESIGN §2): only the modules
 // listed here may be linked into the station binary, only store/ imports bbolt, only mqtt/
-// imports paho, and only drivers/ imports periph.
+// imports paho, only drivers/ imports periph, and only drivers/hw opens periph's host and
+// registries.
 func TestDependencies(t *testing.T) {
 	if os.Getenv("STATION_TEST_QEMU") != "" {
 		t.Skip("lists packages with the go command, which is the host's: nothing target-specific to check")
@@ -45,6 +46,12 @@ func TestDependencies(t *testing.T) {
 		"go.etcd.io/bbolt":                    "station.dev/agent/store",
 		"github.com/eclipse/paho.mqtt.golang": "station.dev/agent/mqtt",
 		"periph.io/x/":                        "station.dev/agent/drivers",
+		// Only the hardware assembly loads periph's host drivers and looks buses and pins up:
+		// the drivers take what they are given.
+		"periph.io/x/host/":                "station.dev/agent/drivers/hw",
+		"periph.io/x/conn/v3/i2c/i2creg":   "station.dev/agent/drivers/hw",
+		"periph.io/x/conn/v3/spi/spireg":   "station.dev/agent/drivers/hw",
+		"periph.io/x/conn/v3/gpio/gpioreg": "station.dev/agent/drivers/hw",
 	}
 	out, err = exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", "station.dev/agent/...").Output()
 	if err != nil {

@@ -89,7 +89,9 @@ func startAgent(t *testing.T, s agentSpec) *agentProc {
 	args := []string{"run", "--sim", "--broker", s.broker, "--data-dir", s.dataDir,
 		"--socket", s.socket, "--station-id", s.id, "--log-level", "debug"}
 	cfg := filepath.Join(s.dataDir, "..", s.id+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n%s", s.prefix, s.extraTOML)), 0o600); err != nil {
+	// The tests tap in bursts: poll the emulated reader every millisecond, as the default 100ms
+	// would pace a burst at about five taps a second.
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n[reader]\npoll_interval = \"1ms\"\n%s", s.prefix, s.extraTOML)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args = append(args, "--config", cfg)

@@ -3,8 +3,11 @@
 // font (printable ASCII; anything else shows as '?').
 //
 // A 128×64 panel holds 8 lines of 21 characters, a 128×32 one 4 lines.
-// SimPanel is the emulated twin: an SSD1306 behind an i2c.Bus whose picture
-// can be read back as text.
+//
+// A Display talks through the bus it is given and never closes it: whoever
+// opened the bus (the hardware assembly, station.dev/agent/drivers/hw)
+// closes it. Package displaysim is the emulated twin: an SSD1306 behind an
+// i2c.Bus whose picture can be read back as text.
 package display
 
 import (
@@ -14,7 +17,6 @@ import (
 	"sync"
 
 	"periph.io/x/conn/v3/i2c"
-	"periph.io/x/conn/v3/i2c/i2creg"
 	"periph.io/x/devices/v3/ssd1306"
 	"periph.io/x/devices/v3/ssd1306/image1bit"
 )
@@ -44,9 +46,8 @@ type Opts struct {
 
 // Display shows lines of text. Its methods are safe for concurrent use.
 type Display struct {
-	conn i2c.Bus       // the bus the driver talks through
-	so   ssd1306.Opts  // to set the controller up again
-	bus  i2c.BusCloser // closed by Close when Open opened it
+	conn i2c.Bus      // the bus the driver talks through
+	so   ssd1306.Opts // to set the controller up again
 	addr uint16
 	rect image.Rectangle
 
@@ -89,23 +90,6 @@ func NewI2C(b i2c.Bus, opts *Opts) (*Display, error) {
 	if err := d.Show(); err != nil {
 		return nil, err
 	}
-	return d, nil
-}
-
-// Open opens the I²C bus by name with i2creg.Open ("" means the first bus)
-// and returns the panel on it. The Display owns that bus and Close closes it.
-// The caller runs host.Init first.
-func Open(busName string, opts *Opts) (*Display, error) {
-	b, err := i2creg.Open(busName)
-	if err != nil {
-		return nil, fmt.Errorf("display: i2c bus %q: %w", busName, err)
-	}
-	d, err := NewI2C(b, opts)
-	if err != nil {
-		_ = b.Close()
-		return nil, err
-	}
-	d.bus = b
 	return d, nil
 }
 
@@ -189,18 +173,13 @@ func (d *Display) Halt() error {
 	return nil
 }
 
-// Close turns the panel off and, when Open opened the bus, closes it.
+// Close turns the panel off; later updates fail and Health reports "down".
+// It does not close the bus.
 func (d *Display) Close() error {
 	err := d.Halt()
 	d.mu.Lock()
 	d.closed = true
 	d.mu.Unlock()
-	if d.bus != nil {
-		if e := d.bus.Close(); e != nil && err == nil {
-			err = fmt.Errorf("display: close bus: %w", e)
-		}
-		d.bus = nil
-	}
 	return err
 }
 

@@ -6,7 +6,10 @@
 // where the pin has none the watcher polls it instead. Either way the pin is
 // read again periodically, so a missed edge is caught.
 //
-// SimSwitch is the emulated twin: a switch that simulation opens and closes.
+// The Door takes the pin it is given and never looks one up: whoever owns
+// the pins (the hardware assembly, station.dev/agent/drivers/hw) opens it.
+// Package doorsim is the emulated twin: a switch that simulation opens and
+// closes.
 package door
 
 import (
@@ -17,7 +20,6 @@ import (
 	"time"
 
 	"periph.io/x/conn/v3/gpio"
-	"periph.io/x/conn/v3/gpio/gpioreg"
 
 	"station.dev/agent/internal/clock"
 )
@@ -39,12 +41,7 @@ const (
 	HealthDown     = "down"
 )
 
-// ErrPinNotFound reports that Open was given a pin name the GPIO registry
-// does not know (is the name right, and did the caller run host.Init?).
-var ErrPinNotFound = errors.New("not found")
-
-// Clock is the time source of a Door and of a SimSwitch. Tests inject a fake
-// one.
+// Clock is the time source of a Door. Tests inject a fake one.
 type Clock = clock.Clock
 
 // Timer is a timer made by a Clock, like time.Timer.
@@ -83,17 +80,6 @@ type Config struct {
 	Clock Clock
 	// Logger receives the fallback to polling; nil means quiet.
 	Logger *slog.Logger
-}
-
-// Open looks the pin up by name with gpioreg.ByName and returns New(cfg) with
-// it. The caller runs host.Init first.
-func Open(name string, cfg Config) (*Door, error) {
-	p := gpioreg.ByName(name)
-	if p == nil {
-		return nil, fmt.Errorf("door: pin %s %w", name, ErrPinNotFound)
-	}
-	cfg.Pin = p
-	return New(cfg)
 }
 
 // Door reports the debounced state of the door switch. Its methods are safe

@@ -2,27 +2,26 @@ package door
 
 import (
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
 	"periph.io/x/conn/v3/gpio"
-	"periph.io/x/conn/v3/gpio/gpioreg"
-	"periph.io/x/conn/v3/physic"
 	"periph.io/x/conn/v3/pin"
+
+	"station.dev/agent/drivers/door/doorsim"
 )
 
 type rig struct {
 	clk *fakeClock
-	sw  *SimSwitch
+	sw  *doorsim.Switch
 	d   *Door
 }
 
-func newRig(t *testing.T, sc SimSwitchConfig, cfg Config) *rig {
+func newRig(t *testing.T, sc doorsim.Config, cfg Config) *rig {
 	t.Helper()
 	clk := newFakeClock()
 	sc.Clock = clk
-	x := &rig{clk: clk, sw: NewSimSwitch(sc)}
+	x := &rig{clk: clk, sw: doorsim.New(sc)}
 	cfg.Pin = x.sw
 	cfg.Clock = clk
 	d, err := New(cfg)
@@ -77,9 +76,12 @@ func (x *rig) wantNoEvent(t *testing.T) {
 }
 
 func TestStableChangeGivesOneEvent(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	if x.d.Polling() {
 		t.Fatal("polling although the pin has edges")
+	}
+	if got := x.d.String(); got != "door{SIM_DOOR edges}" {
+		t.Fatalf("String() = %q", got)
 	}
 	if s := x.d.State(); s.Open || !s.At.Equal(x.at(0)) {
 		t.Fatalf("initial state %+v", s)
@@ -101,7 +103,7 @@ func TestStableChangeGivesOneEvent(t *testing.T) {
 }
 
 func TestBounceShorterThanDebounceGivesNoEvent(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	x.clk.AdvanceTo(t, time.Second)
 	x.set(t, true)
 	x.clk.AdvanceTo(t, 1040*time.Millisecond)
@@ -114,7 +116,7 @@ func TestBounceShorterThanDebounceGivesNoEvent(t *testing.T) {
 }
 
 func TestChatterThenStableGivesOneEvent(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	x.clk.AdvanceTo(t, time.Second)
 	// Nine changes 10 ms apart: the contacts chatter, then stay open.
 	open := false
@@ -132,7 +134,7 @@ func TestChatterThenStableGivesOneEvent(t *testing.T) {
 }
 
 func TestCustomDebounce(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{Open: true}, Config{Debounce: 200 * time.Millisecond})
+	x := newRig(t, doorsim.Config{Open: true}, Config{Debounce: 200 * time.Millisecond})
 	if !x.d.State().Open {
 		t.Fatal("initial state closed")
 	}
@@ -148,7 +150,7 @@ func TestCustomDebounce(t *testing.T) {
 }
 
 func TestPollingFallback(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{NoEdges: true}, Config{})
+	x := newRig(t, doorsim.Config{NoEdges: true}, Config{})
 	if !x.d.Polling() {
 		t.Fatal("not polling although the pin has no edges")
 	}
@@ -179,7 +181,7 @@ func TestPollingFallback(t *testing.T) {
 }
 
 func TestForcedPolling(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{Poll: true, PollInterval: 10 * time.Millisecond})
+	x := newRig(t, doorsim.Config{}, Config{Poll: true, PollInterval: 10 * time.Millisecond})
 	if !x.d.Polling() {
 		t.Fatal("not polling")
 	}
@@ -190,7 +192,7 @@ func TestForcedPolling(t *testing.T) {
 }
 
 func TestOpenLow(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{OpenLow: true}, Config{OpenLow: true, Pull: gpio.Float})
+	x := newRig(t, doorsim.Config{OpenLow: true}, Config{OpenLow: true, Pull: gpio.Float})
 	if x.sw.Read() != gpio.High || x.d.State().Open {
 		t.Fatal("closed door should read High")
 	}
@@ -206,7 +208,7 @@ func TestOpenLow(t *testing.T) {
 }
 
 func TestDefaultPullUp(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	if x.sw.Pull() != gpio.PullUp {
 		t.Fatalf("pull %s", x.sw.Pull())
 	}
@@ -215,11 +217,9 @@ func TestDefaultPullUp(t *testing.T) {
 // TestMissedEdgeIsCaught checks that the periodic read finds a change whose
 // edge was lost.
 func TestMissedEdgeIsCaught(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	x.clk.AdvanceTo(t, 1100*time.Millisecond)
-	x.sw.mu.Lock()
-	x.sw.open = true // no edge
-	x.sw.mu.Unlock()
+	x.sw.SetNoEdge(true)
 	x.clk.AdvanceTo(t, 1299*time.Millisecond)
 	x.wantNoEvent(t)
 	x.clk.AdvanceTo(t, 1300*time.Millisecond)
@@ -227,7 +227,7 @@ func TestMissedEdgeIsCaught(t *testing.T) {
 }
 
 func TestHaltClosesEvents(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{}, Config{})
+	x := newRig(t, doorsim.Config{}, Config{})
 	x.set(t, true)
 	x.clk.AdvanceTo(t, 50*time.Millisecond)
 	// Halt interrupts the wait for an edge: no time needs to pass.
@@ -250,7 +250,7 @@ func TestHaltClosesEvents(t *testing.T) {
 }
 
 func TestHaltWhilePolling(t *testing.T) {
-	x := newRig(t, SimSwitchConfig{NoEdges: true}, Config{})
+	x := newRig(t, doorsim.Config{NoEdges: true}, Config{})
 	if err := x.d.Halt(); err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestHaltWhilePolling(t *testing.T) {
 	}
 }
 
-type badPin struct{ SimSwitch }
+type badPin struct{ doorsim.Switch }
 
 func (*badPin) In(gpio.Pull, gpio.Edge) error { return errors.New("permission denied") }
 
@@ -272,7 +272,7 @@ func TestNewErrors(t *testing.T) {
 	}{
 		{Config{}, "door: no pin configured"},
 		{Config{Pin: gpio.INVALID}, "door: no pin configured"},
-		{Config{Pin: NewSimSwitch(SimSwitchConfig{}), Debounce: -1}, "door: negative debounce or poll interval"},
+		{Config{Pin: doorsim.New(doorsim.Config{}), Debounce: -1}, "door: negative debounce or poll interval"},
 		{Config{Pin: bad}, "door: pin GPIO4: permission denied"},
 	} {
 		d, err := New(tc.cfg)
@@ -283,86 +283,6 @@ func TestNewErrors(t *testing.T) {
 		if err.Error() != tc.want {
 			t.Errorf("error %q, want %q", err, tc.want)
 		}
-	}
-}
-
-func TestOpenByName(t *testing.T) {
-	if _, err := Open("DOORTEST_NOPE", Config{}); !errors.Is(err, ErrPinNotFound) || err.Error() != "door: pin DOORTEST_NOPE not found" {
-		t.Fatalf("Open = %v", err)
-	}
-	sw := NewSimSwitch(SimSwitchConfig{Open: true})
-	if err := gpioreg.Register(sw); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gpioreg.Unregister(sw.Name()) })
-	d, err := Open("SIM_DOOR", Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Halt()
-	if !d.State().Open {
-		t.Fatal("state closed")
-	}
-	if got := d.String(); got != "door{SIM_DOOR edges}" {
-		t.Fatalf("String() = %q", got)
-	}
-}
-
-// TestSimDoorSystemClock runs the emulated door as simulation does, with the
-// system clock, and waits for the event.
-func TestSimDoorSystemClock(t *testing.T) {
-	sw := NewSimSwitch(SimSwitchConfig{})
-	d, err := New(Config{Pin: sw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Halt()
-	before := time.Now()
-	sw.Set(true)
-	select {
-	case ev := <-d.Events():
-		if !ev.Open || ev.At.Before(before) {
-			t.Fatalf("event %+v", ev)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no event")
-	}
-	if !sw.IsOpen() {
-		t.Fatal("switch closed")
-	}
-	if err := sw.Out(gpio.High); err == nil {
-		t.Fatal("Out on an input succeeded")
-	}
-	if err := sw.PWM(gpio.DutyHalf, physic.KiloHertz); err == nil {
-		t.Fatal("PWM on an input succeeded")
-	}
-}
-
-func TestSimSwitchEdges(t *testing.T) {
-	sw := NewSimSwitch(SimSwitchConfig{Clock: newFakeClock()})
-	if sw.WaitForEdge(time.Hour) {
-		t.Fatal("edge without edge detection")
-	}
-	if err := sw.In(gpio.PullUp, gpio.RisingEdge); err != nil {
-		t.Fatal(err)
-	}
-	sw.Set(true) // rising
-	if !sw.WaitForEdge(-1) {
-		t.Fatal("no rising edge")
-	}
-	sw.Set(false) // falling: not watched
-	sw.Set(true)  // rising again
-	sw.Set(false)
-	sw.Set(true)
-	if !sw.WaitForEdge(-1) {
-		t.Fatal("no rising edge")
-	}
-	if !strings.HasPrefix(sw.Function(), "In/High") {
-		t.Fatalf("Function() = %q", sw.Function())
-	}
-	ns := NewSimSwitch(SimSwitchConfig{NoEdges: true})
-	if err := ns.In(gpio.PullUp, gpio.BothEdges); err == nil {
-		t.Fatal("NoEdges switch accepted edges")
 	}
 }
 

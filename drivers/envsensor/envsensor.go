@@ -3,8 +3,11 @@
 // driver, checks them against alarm thresholds and reads the host's CPU
 // temperature and Raspberry Pi throttling state.
 //
-// SimChip is the emulated twin: a BME280 behind an i2c.Bus, with correct
-// compensation maths, so the real bmxx80 code runs in simulation.
+// A Sensor talks through the bus it is given and never closes it: whoever
+// opened the bus (the hardware assembly, station.dev/agent/drivers/hw)
+// closes it. Package envsensorsim is the emulated twin: a BME280 behind an
+// i2c.Bus, with correct compensation maths, so the real bmxx80 code runs in
+// simulation.
 package envsensor
 
 import (
@@ -17,7 +20,6 @@ import (
 	"time"
 
 	"periph.io/x/conn/v3/i2c"
-	"periph.io/x/conn/v3/i2c/i2creg"
 	"periph.io/x/conn/v3/physic"
 	"periph.io/x/devices/v3/bmxx80"
 )
@@ -111,8 +113,7 @@ type Opts struct {
 type Sensor struct {
 	dev   *bmxx80.Dev
 	model string
-	where string        // bus and address
-	bus   i2c.BusCloser // closed by Close when Open opened it
+	where string // bus and address
 	now   func() time.Time
 
 	mu      sync.Mutex
@@ -146,23 +147,6 @@ func NewI2C(b i2c.Bus, addr uint16, opts *Opts) (*Sensor, error) {
 	}
 	where := fmt.Sprintf("%s 0x%02x", b, addr)
 	return &Sensor{dev: dev, model: model, where: where, now: o.Now}, nil
-}
-
-// Open opens the I²C bus by name with i2creg.Open ("" means the first bus,
-// "1" or "/dev/i2c-1" name bus 1) and returns the sensor at addr on it. The
-// Sensor owns that bus and Close closes it. The caller runs host.Init first.
-func Open(busName string, addr uint16, opts *Opts) (*Sensor, error) {
-	b, err := i2creg.Open(busName)
-	if err != nil {
-		return nil, fmt.Errorf("envsensor: i2c bus %q: %w", busName, err)
-	}
-	s, err := NewI2C(b, addr, opts)
-	if err != nil {
-		_ = b.Close()
-		return nil, err
-	}
-	s.bus = b
-	return s, nil
 }
 
 // String describes the sensor, e.g. "BME280 at I2C1 0x76".
@@ -262,7 +246,8 @@ func (s *Sensor) Halt() error {
 	return nil
 }
 
-// Close halts the sensor and, when Open opened the bus, closes it.
+// Close halts the sensor, which then reports "down". It does not close the
+// bus. Calling it again does nothing.
 func (s *Sensor) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -271,11 +256,5 @@ func (s *Sensor) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	err := s.Halt()
-	if s.bus != nil {
-		if e := s.bus.Close(); e != nil && err == nil {
-			err = fmt.Errorf("envsensor: close bus: %w", e)
-		}
-	}
-	return err
+	return s.Halt()
 }

@@ -4,13 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"periph.io/x/conn/v3/i2c"
 	"periph.io/x/conn/v3/i2c/i2ctest"
+
+	"station.dev/agent/drivers/envsensor/envsensorsim"
 )
 
 // Calibration of the Bosch datasheet example (BMP280 section 3.12) and
@@ -162,10 +163,10 @@ func TestImplausibleReading(t *testing.T) {
 }
 
 func TestNewI2CFailures(t *testing.T) {
-	chip := NewSimChip(SimChipConfig{})
+	chip := envsensorsim.New(envsensorsim.Config{})
 	// Nothing answers at 0x77.
 	_, err := NewI2C(chip, 0x77, nil)
-	if err == nil || err.Error() != "envsensor: no sensor at SimBME280 0x77: envsensor: sim: no device answers at 0x77" {
+	if err == nil || err.Error() != "envsensor: no sensor at SimBME280 0x77: envsensorsim: no device answers at 0x77" {
 		t.Fatalf("NewI2C(0x77) = %v", err)
 	}
 	// Not an address of these chips.
@@ -180,174 +181,6 @@ func TestNewI2CFailures(t *testing.T) {
 	chip.SetPresent(false)
 	if _, err := NewI2C(chip, 0x76, nil); err == nil {
 		t.Fatal("NewI2C found an absent chip")
-	}
-}
-
-func TestOpenUnknownBus(t *testing.T) {
-	_, err := Open("no-such-bus", DefaultAddr, nil)
-	if err == nil || !strings.HasPrefix(err.Error(), `envsensor: i2c bus "no-such-bus": `) {
-		t.Fatalf("Open = %v", err)
-	}
-}
-
-func TestSimChipRegisters(t *testing.T) {
-	c := NewSimChip(SimChipConfig{})
-	buf := make([]byte, len(calib88))
-	if err := c.Tx(0x76, []byte{0x88}, buf); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(buf, calib88) {
-		t.Fatalf("calibration 0x88: % x", buf)
-	}
-	buf = make([]byte, len(calibE1))
-	if err := c.Tx(0x76, []byte{0xE1}, buf); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(buf, calibE1) {
-		t.Fatalf("calibration 0xE1: % x", buf)
-	}
-	// Before any measurement the data registers hold the reset values.
-	buf = make([]byte, 8)
-	if err := c.Tx(0x76, []byte{0xF7}, buf); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(buf, []byte{0x80, 0, 0, 0x80, 0, 0, 0x80, 0}) {
-		t.Fatalf("data after reset: % x", buf)
-	}
-	// Read-only registers ignore writes; odd writes are refused.
-	if err := c.Tx(0x76, []byte{0xD0, 0x12}, nil); err != nil {
-		t.Fatal(err)
-	}
-	id := make([]byte, 1)
-	if err := c.Tx(0x76, []byte{0xD0}, id); err != nil || id[0] != 0x60 {
-		t.Fatalf("chip id %x %v", id, err)
-	}
-	if err := c.Tx(0x76, []byte{0xF4, 0x25, 0xF2}, nil); err == nil {
-		t.Fatal("odd write accepted")
-	}
-	if err := c.Tx(0x76, []byte{0xF4, 0x25}, id); err == nil {
-		t.Fatal("write then read of two registers accepted")
-	}
-}
-
-// TestSimRunsRealDriver drives the real bmxx80 code against the emulated
-// chip and checks both the values and the transactions.
-func TestSimRunsRealDriver(t *testing.T) {
-	c := NewSimChip(SimChipConfig{})
-	rec := &i2ctest.Record{Bus: c}
-	s, err := NewI2C(rec, DefaultAddr, &Opts{Now: fixedNow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range []struct{ temp, hum, pa float64 }{
-		{22, 45, 101325},
-		{-10, 5, 95000},
-		{35.5, 80, 99000},
-		{61.25, 93.5, 80000},
-		{-40, 0, 30000},
-		{85, 100, 110000},
-	} {
-		c.SetTemp(v.temp)
-		c.SetHumidity(v.hum)
-		c.SetPressure(v.pa)
-		rec.Ops = nil
-		r, err := s.Read()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !near(r.TempC, v.temp, 0.01) || !near(r.Humidity, v.hum, 0.01) || !near(r.PressurePa, v.pa, 0.2) {
-			t.Errorf("set %+v, read %+v", v, r)
-		}
-		want := []i2ctest.IO{
-			{Addr: 0x76, W: []byte{0xF4, 0x25}},
-			{Addr: 0x76, W: []byte{0xF3}, R: []byte{0}},
-			{Addr: 0x76, W: []byte{0xF7}, R: rec.Ops[len(rec.Ops)-1].R},
-		}
-		if !reflect.DeepEqual(rec.Ops, want) {
-			t.Fatalf("transactions %+v", rec.Ops)
-		}
-	}
-	if n := c.Measurements(); n != 6 {
-		t.Fatalf("%d measurements, want 6", n)
-	}
-}
-
-func TestSimBMP280(t *testing.T) {
-	s, c, err := NewSim(SimChipConfig{BMP280: true, Addr: 0x77}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetTemp(30)
-	c.SetHumidity(70) // ignored: no humidity sensor
-	r, err := s.Read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Model() != "BMP280" || r.HasHumidity() || !near(r.TempC, 30, 0.01) || !near(r.PressurePa, 101325, 0.2) {
-		t.Fatalf("%s %+v", s, r)
-	}
-}
-
-func TestSimHealth(t *testing.T) {
-	s, c, err := NewSim(SimChipConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st, reason := s.Health(); st != HealthOK || reason != "" {
-		t.Fatalf("health %s %q", st, reason)
-	}
-	c.SetPresent(false)
-	for i, want := range []string{HealthDegraded, HealthDegraded, HealthDown, HealthDown} {
-		if _, err := s.Read(); err == nil {
-			t.Fatal("read from an absent chip")
-		}
-		st, reason := s.Health()
-		if st != want {
-			t.Fatalf("after %d failures: %s %q", i+1, st, reason)
-		}
-		if i == 2 && reason != "envsensor: BME280: 3 reads failed in a row: envsensor: sim: no device answers at 0x76" {
-			t.Fatalf("reason %q", reason)
-		}
-	}
-	c.SetPresent(true)
-	if _, err := s.Read(); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := s.Health(); st != HealthOK {
-		t.Fatalf("health after recovery %s", st)
-	}
-}
-
-func TestSimNormalMode(t *testing.T) {
-	c := NewSimChip(SimChipConfig{})
-	c.SetTemp(18)
-	// Normal mode (as bmxx80's SenseContinuous sets it): every read of the
-	// data registers gives a fresh measurement.
-	if err := c.Tx(0x76, []byte{0xF2, 0x01, 0xF4, 0x27}, nil); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 8)
-	for i := 1; i <= 2; i++ {
-		if err := c.Tx(0x76, []byte{0xF7}, buf); err != nil {
-			t.Fatal(err)
-		}
-		if c.Measurements() != i {
-			t.Fatalf("%d measurements after %d reads", c.Measurements(), i)
-		}
-	}
-	raw := int32(buf[3])<<12 | int32(buf[4])<<4 | int32(buf[5])>>4
-	if tc, _ := simCalib.temp(raw); tc != 1800 {
-		t.Fatalf("temperature %d c°C", tc)
-	}
-	// Skipped pressure (osrs_p 0) reads as 0x80000; reset clears the mode.
-	if err := c.Tx(0x76, []byte{0xF4, 0x21, 0xE0, 0xB6}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Tx(0x76, []byte{0xF7}, buf); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(buf, []byte{0x80, 0, 0, 0x80, 0, 0, 0x80, 0}) {
-		t.Fatalf("after reset: % x", buf)
 	}
 }
 

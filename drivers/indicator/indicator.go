@@ -8,8 +8,11 @@
 // heartbeat is always underneath.
 //
 // One goroutine per Indicator drives the pins from a Clock; Halt stops it,
-// waits for it and leaves every output off. The emulated twin (NewSim) is the
-// same Indicator over emulated pins: State tells what it shows.
+// waits for it and leaves every output off. The Indicator takes the pins it
+// is given and never looks one up: whoever owns the pins (the hardware
+// assembly, station.dev/agent/drivers/hw) opens them. The emulated twin is
+// the same Indicator over the pins of package indicatorsim: State tells what
+// it shows.
 package indicator
 
 import (
@@ -22,7 +25,6 @@ import (
 	"time"
 
 	"periph.io/x/conn/v3/gpio"
-	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/conn/v3/physic"
 
 	"station.dev/agent/internal/clock"
@@ -37,9 +39,6 @@ const (
 
 // Errors returned by the package; match them with errors.Is.
 var (
-	// ErrPinNotFound: Open was given a pin name the GPIO registry does not
-	// know (is the name right, and did the caller run host.Init?).
-	ErrPinNotFound = errors.New("not found")
 	// ErrUnknownPattern: the pattern has no program.
 	ErrUnknownPattern = errors.New("unknown pattern")
 	// ErrHalted: the Indicator was halted.
@@ -94,38 +93,6 @@ type State struct {
 	// Active lists the active patterns, highest priority first; the idle
 	// heartbeat is last.
 	Active []Pattern `json:"active"`
-}
-
-// PinNames names the pins of an Indicator in the GPIO registry, e.g.
-// "GPIO17"; an empty name means the output is not fitted.
-type PinNames struct {
-	Red, Green, Blue, Buzzer string
-}
-
-// Open looks the pins up by name with gpioreg.ByName and returns New(cfg)
-// with them; the pins in cfg are replaced. The caller runs host.Init first.
-func Open(names PinNames, cfg Config) (*Indicator, error) {
-	for _, o := range []struct {
-		role string
-		name string
-		out  *Output
-	}{
-		{"red", names.Red, &cfg.Red},
-		{"green", names.Green, &cfg.Green},
-		{"blue", names.Blue, &cfg.Blue},
-		{"buzzer", names.Buzzer, &cfg.Buzzer},
-	} {
-		o.out.Pin = nil
-		if o.name == "" {
-			continue
-		}
-		p := gpioreg.ByName(o.name)
-		if p == nil {
-			return nil, fmt.Errorf("indicator: pin %s (%s) %w", o.name, o.role, ErrPinNotFound)
-		}
-		o.out.Pin = p
-	}
-	return New(cfg)
 }
 
 // Indicator drives the LEDs and the buzzer. Its methods are safe for

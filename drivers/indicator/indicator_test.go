@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"periph.io/x/conn/v3/gpio"
-	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/conn/v3/physic"
 	"periph.io/x/conn/v3/pin"
 )
@@ -436,46 +435,17 @@ func TestCustomPattern(t *testing.T) {
 	x.wantState(t, State{Pattern: Recorded, LEDs: "green", Buzzer: true, Active: []Pattern{Recorded, "door_open", Locate, Idle}})
 }
 
-func TestOpenByName(t *testing.T) {
+func TestStringNamesFittedPins(t *testing.T) {
 	log := &pinLog{clk: newFakeClock()}
-	p := &recPin{BasicPin: pin.BasicPin{N: "INDTEST_GPIO901"}, log: log}
-	if err := gpioreg.Register(p); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gpioreg.Unregister(p.N) })
-
-	_, err := Open(PinNames{Green: "INDTEST_GPIO901", Red: "INDTEST_NOPE"}, Config{})
-	if !errors.Is(err, ErrPinNotFound) || err.Error() != "indicator: pin INDTEST_NOPE (red) not found" {
-		t.Fatalf("Open = %v", err)
-	}
-	ind, err := Open(PinNames{Green: "INDTEST_GPIO901"}, Config{Clock: log.clk})
+	g := &recPin{BasicPin: pin.BasicPin{N: "GPIO27"}, log: log}
+	bz := &recPin{BasicPin: pin.BasicPin{N: "GPIO18"}, log: log}
+	ind, err := New(Config{Green: Output{Pin: g}, Buzzer: Output{Pin: bz, ActiveLow: true}, Clock: log.clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ind.Halt()
-	if got, want := ind.String(), "indicator{green=INDTEST_GPIO901}"; got != want {
+	if got, want := ind.String(), "indicator{green=GPIO27 buzzer=GPIO18(active-low)}"; got != want {
 		t.Fatalf("String() = %q, want %q", got, want)
-	}
-}
-
-func TestSimState(t *testing.T) {
-	clk := newFakeClock()
-	ind, err := NewSim(Config{Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ind.Halt()
-	clk.WaitCreated(t, 1)
-	clk.Do(t, func() { _ = ind.Show(RecordedOffline) })
-	if got, want := ind.State(), (State{Pattern: RecordedOffline, LEDs: "yellow", Buzzer: true, Active: []Pattern{RecordedOffline, Idle}}); !reflect.DeepEqual(got, want) {
-		t.Fatalf("state %+v, want %+v", got, want)
-	}
-	if got, want := ind.String(), "indicator{red=SIM_RED green=SIM_GREEN blue=SIM_BLUE buzzer=SIM_BUZZER}"; got != want {
-		t.Fatalf("String() = %q", got)
-	}
-	p := ind.outs[3].pin.(*simPin)
-	if f := p.Function(); f != "PWM" {
-		t.Fatalf("sim buzzer function %q", f)
 	}
 }
 

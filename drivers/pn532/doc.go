@@ -47,7 +47,8 @@
 // # Opening a serial port
 //
 // The caller opens and configures the port; without cgo, golang.org/x/sys/unix
-// does it (ExampleNewUART shows the whole of it): open the device with
+// does it (the station's hardware assembly, station.dev/agent/drivers/hw,
+// shows the whole of it): open the device with
 // O_RDWR|O_NOCTTY|O_NONBLOCK, set raw mode, 8N1, no flow control and 115200
 // baud with IoctlSetTermios (VMIN 0, VTIME 1), then wrap the descriptor with
 // os.NewFile. A non-blocking descriptor makes the *os.File pollable, so its

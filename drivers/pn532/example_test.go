@@ -21,8 +21,8 @@ func (card) ATS() []byte                          { return []byte{0x78, 0x80, 0x
 func (card) Transmit(apdu []byte) ([]byte, error) { return []byte{0x90, 0x00}, nil }
 
 func ExampleNewI2C() {
-	// On a station the bus comes from i2creg.Open and the IRQ line from
-	// gpioreg.ByName; here they come from the emulated chip.
+	// On a station the hardware assembly (drivers/hw) opens the bus and
+	// the IRQ line; here they come from the emulated chip.
 	chip := pn532sim.New(nil)
 	opts := pn532.DefaultOpts
 	opts.IRQ = chip.IRQ()

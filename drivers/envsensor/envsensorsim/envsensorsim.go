@@ -1,4 +1,8 @@
-package envsensor
+// Package envsensorsim emulates a Bosch BME280 (or BMP280) behind an
+// i2c.Bus, register by register and with the chip's compensation maths, so
+// that simulation and tests run the real environment sensor code
+// (station.dev/agent/drivers/envsensor and periph's bmxx80) against it.
+package envsensorsim
 
 import (
 	"errors"
@@ -26,6 +30,9 @@ const (
 	chipBMP280  = 0x58
 	skipped20   = 0x80000 // raw value of a skipped temperature or pressure measurement
 	skipped16   = 0x8000  // raw value of a skipped humidity measurement
+
+	// defaultAddr is envsensor.DefaultAddr: SDO to ground.
+	defaultAddr = 0x76
 )
 
 // simCalib is the trimming of the emulated chip: the typical values of the
@@ -37,15 +44,15 @@ var simCalib = calib{
 	h1: 75, h2: 362, h3: 0, h4: 313, h5: 50, h6: 30,
 }
 
-// SimChipConfig configures a SimChip.
-type SimChipConfig struct {
-	// Addr is the chip's address; zero means DefaultAddr.
+// Config configures a Chip.
+type Config struct {
+	// Addr is the chip's address; zero means 0x76 (envsensor.DefaultAddr).
 	Addr uint16
 	// BMP280 emulates the BMP280, which has no humidity sensor.
 	BMP280 bool
 }
 
-// SimChip emulates a BME280 (or BMP280) on its own I²C bus, register by
+// Chip emulates a BME280 (or BMP280) on its own I²C bus, register by
 // register: chip id, calibration, control registers and forced or normal
 // mode measurements whose raw values the chip's compensation formulas turn
 // into the temperature, humidity and pressure set with SetTemp, SetHumidity
@@ -54,7 +61,7 @@ type SimChipConfig struct {
 //
 // It implements i2c.Bus; a transaction for another address fails as an
 // unanswered one does on a real bus.
-type SimChip struct {
+type Chip struct {
 	addr uint16
 	bmp  bool
 
@@ -67,11 +74,11 @@ type SimChip struct {
 	measure int
 }
 
-// NewSimChip returns an emulated chip.
-func NewSimChip(cfg SimChipConfig) *SimChip {
-	s := &SimChip{addr: cfg.Addr, bmp: cfg.BMP280, tempC: 22, hum: 45, pa: 101325}
+// New returns an emulated chip.
+func New(cfg Config) *Chip {
+	s := &Chip{addr: cfg.Addr, bmp: cfg.BMP280, tempC: 22, hum: 45, pa: 101325}
 	if s.addr == 0 {
-		s.addr = DefaultAddr
+		s.addr = defaultAddr
 	}
 	s.regs[regID] = chipBME280
 	if s.bmp {
@@ -101,18 +108,13 @@ func NewSimChip(cfg SimChipConfig) *SimChip {
 	return s
 }
 
-// NewSim returns a Sensor over a new emulated chip, and the chip.
-func NewSim(cfg SimChipConfig, opts *Opts) (*Sensor, *SimChip, error) {
-	c := NewSimChip(cfg)
-	s, err := NewI2C(c, c.addr, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, c, nil
+// Addr returns the chip's address, for envsensor.NewI2C.
+func (s *Chip) Addr() uint16 {
+	return s.addr
 }
 
 // SetTemp sets the temperature the chip measures, in °C (-40 to 85).
-func (s *SimChip) SetTemp(c float64) {
+func (s *Chip) SetTemp(c float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tempC = c
@@ -120,35 +122,35 @@ func (s *SimChip) SetTemp(c float64) {
 
 // SetHumidity sets the relative humidity the chip measures, in % (0 to 100).
 // A BMP280 ignores it.
-func (s *SimChip) SetHumidity(h float64) {
+func (s *Chip) SetHumidity(h float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hum = h
 }
 
 // SetPressure sets the pressure the chip measures, in Pa (30000 to 110000).
-func (s *SimChip) SetPressure(pa float64) {
+func (s *Chip) SetPressure(pa float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pa = pa
 }
 
 // SetPresent plugs the chip in or out: an absent chip answers nothing.
-func (s *SimChip) SetPresent(present bool) {
+func (s *Chip) SetPresent(present bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.absent = !present
 }
 
 // Measurements returns how many measurements the chip has made.
-func (s *SimChip) Measurements() int {
+func (s *Chip) Measurements() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.measure
 }
 
 // String implements i2c.Bus.
-func (s *SimChip) String() string {
+func (s *Chip) String() string {
 	if s.bmp {
 		return "SimBMP280"
 	}
@@ -156,25 +158,25 @@ func (s *SimChip) String() string {
 }
 
 // SetSpeed implements i2c.Bus.
-func (s *SimChip) SetSpeed(physic.Frequency) error {
+func (s *Chip) SetSpeed(physic.Frequency) error {
 	return nil
 }
 
 // Tx implements i2c.Bus. A write is a register address followed by
 // register/value pairs; a read is one register address then the bytes from
 // there on, the address incrementing.
-func (s *SimChip) Tx(addr uint16, w, r []byte) error {
+func (s *Chip) Tx(addr uint16, w, r []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if addr != s.addr || s.absent {
-		return fmt.Errorf("envsensor: sim: no device answers at 0x%02x", addr)
+		return fmt.Errorf("envsensorsim: no device answers at 0x%02x", addr)
 	}
 	if len(w) == 0 {
-		return errors.New("envsensor: sim: transaction without a register address")
+		return errors.New("envsensorsim: transaction without a register address")
 	}
 	if len(r) != 0 {
 		if len(w) != 1 {
-			return errors.New("envsensor: sim: a read must write one register address")
+			return errors.New("envsensorsim: a read must write one register address")
 		}
 		reg := int(w[0])
 		if reg+len(r) > regData && reg < regData+8 && s.regs[regCtrlMeas]&3 == 3 {
@@ -187,7 +189,7 @@ func (s *SimChip) Tx(addr uint16, w, r []byte) error {
 		return nil
 	}
 	if len(w)%2 != 0 && len(w) != 1 {
-		return errors.New("envsensor: sim: a write must be register/value pairs")
+		return errors.New("envsensorsim: a write must be register/value pairs")
 	}
 	for i := 0; i+1 < len(w); i += 2 {
 		s.writeLocked(w[i], w[i+1])
@@ -195,7 +197,7 @@ func (s *SimChip) Tx(addr uint16, w, r []byte) error {
 	return nil
 }
 
-func (s *SimChip) writeLocked(reg, v byte) {
+func (s *Chip) writeLocked(reg, v byte) {
 	switch reg {
 	case regReset:
 		if v == resetWord {
@@ -221,7 +223,7 @@ func (s *SimChip) writeLocked(reg, v byte) {
 
 // measureLocked puts raw values for the set conditions in the data
 // registers, honouring skipped measurements.
-func (s *SimChip) measureLocked() {
+func (s *Chip) measureLocked() {
 	s.measure++
 	c := &simCalib
 	osrsT := s.regs[regCtrlMeas] >> 5
@@ -243,7 +245,7 @@ func (s *SimChip) measureLocked() {
 	s.setData(rawT, rawP, rawH)
 }
 
-func (s *SimChip) setData(t, p, h int32) {
+func (s *Chip) setData(t, p, h int32) {
 	d := s.regs[regData:]
 	d[0], d[1], d[2] = byte(p>>12), byte(p>>4), byte(p<<4)
 	d[3], d[4], d[5] = byte(t>>12), byte(t>>4), byte(t<<4)
@@ -254,7 +256,7 @@ func (s *SimChip) setData(t, p, h int32) {
 	d[6], d[7] = byte(h>>8), byte(h)
 }
 
-var _ i2c.Bus = (*SimChip)(nil)
+var _ i2c.Bus = (*Chip)(nil)
 
 // calib holds the trimming parameters of a BME280.
 type calib struct {

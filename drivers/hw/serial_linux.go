@@ -1,6 +1,6 @@
 //go:build linux
 
-package pn532
+package hw
 
 import (
 	"fmt"
@@ -9,18 +9,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// OpenSerial opens a serial port for the PN532's HSU (115200 baud, 8N1, raw,
+// openSerial opens a serial port for the PN532's HSU (115200 baud, 8N1, raw,
 // no flow control) without cgo. Opened non-blocking, the *os.File is pollable,
 // so the driver can bound its reads with SetReadDeadline.
-func OpenSerial(path string) (*os.File, error) {
+func openSerial(path string) (*os.File, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pn532: open %s: %w", path, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("pn532: %s is not a serial port: %w", path, err)
+		return nil, fmt.Errorf("%s is not a serial port: %w", path, err)
 	}
 	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON | unix.IXOFF | unix.IXANY
 	t.Oflag &^= unix.OPOST
@@ -31,7 +31,7 @@ func OpenSerial(path string) (*os.File, error) {
 	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 0, 1
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, t); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("pn532: configuring %s: %w", path, err)
+		return nil, fmt.Errorf("configuring %s: %w", path, err)
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }

@@ -1,4 +1,8 @@
-package display
+// Package displaysim emulates the station's SSD1306 OLED panel behind an
+// i2c.Bus, so that simulation and tests run the real display code
+// (station.dev/agent/drivers/display and periph's ssd1306) and can read the
+// picture back as text.
+package displaysim
 
 import (
 	"fmt"
@@ -7,13 +11,22 @@ import (
 
 	"periph.io/x/conn/v3/i2c"
 	"periph.io/x/conn/v3/physic"
+
+	"station.dev/agent/drivers/display"
 )
 
-// SimPanel emulates a 128×64 SSD1306 on its own I²C bus at DefaultAddr: it
-// follows the command stream (display on/off, addressing mode, column and
+// Cell geometry of display's built-in font: 5×7 glyphs in 6×8 cells.
+const (
+	glyphW = 5
+	cellW  = 6
+	cellH  = 8
+)
+
+// Panel emulates a 128×64 SSD1306 on its own I²C bus at display.DefaultAddr:
+// it follows the command stream (display on/off, addressing mode, column and
 // page addresses) and keeps the picture written to its memory, which Lines
 // reads back as text.
-type SimPanel struct {
+type Panel struct {
 	mu    sync.Mutex
 	ram   [8][128]byte // 8 pages of 128 columns, bit 0 at the top
 	on    bool
@@ -27,46 +40,31 @@ type SimPanel struct {
 	bytes int // data bytes received
 }
 
-// NewSimPanel returns an emulated panel, off and blank.
-func NewSimPanel() *SimPanel {
-	return &SimPanel{mode: 2, c1: 127, p1: 7}
-}
-
-// NewSim returns a Display over a new emulated panel, and the panel.
-func NewSim(opts *Opts) (*Display, *SimPanel, error) {
-	p := NewSimPanel()
-	var o Opts
-	if opts != nil {
-		o = *opts
-	}
-	o.Width, o.Height, o.Addr = 128, 64, DefaultAddr
-	d, err := NewI2C(p, &o)
-	if err != nil {
-		return nil, nil, err
-	}
-	return d, p, nil
+// New returns an emulated panel, off and blank.
+func New() *Panel {
+	return &Panel{mode: 2, c1: 127, p1: 7}
 }
 
 // String implements i2c.Bus.
-func (p *SimPanel) String() string {
+func (p *Panel) String() string {
 	return "SimSSD1306"
 }
 
 // SetSpeed implements i2c.Bus.
-func (p *SimPanel) SetSpeed(physic.Frequency) error {
+func (p *Panel) SetSpeed(physic.Frequency) error {
 	return nil
 }
 
 // Tx implements i2c.Bus. A write starts with a control byte: 0x00 for
 // commands, 0x40 for picture data.
-func (p *SimPanel) Tx(addr uint16, w, r []byte) error {
+func (p *Panel) Tx(addr uint16, w, r []byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if addr != DefaultAddr {
-		return fmt.Errorf("display: sim: no device answers at 0x%02x", addr)
+	if addr != display.DefaultAddr {
+		return fmt.Errorf("displaysim: no device answers at 0x%02x", addr)
 	}
 	if len(r) != 0 || len(w) == 0 {
-		return fmt.Errorf("display: sim: unsupported transaction (write %d, read %d bytes)", len(w), len(r))
+		return fmt.Errorf("displaysim: unsupported transaction (write %d, read %d bytes)", len(w), len(r))
 	}
 	switch w[0] {
 	case 0x00:
@@ -77,7 +75,7 @@ func (p *SimPanel) Tx(addr uint16, w, r []byte) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("display: sim: unknown control byte 0x%02x", w[0])
+	return fmt.Errorf("displaysim: unknown control byte 0x%02x", w[0])
 }
 
 // argCount is the number of argument bytes of the SSD1306 commands that
@@ -87,12 +85,12 @@ var argCount = map[byte]int{
 	0xA3: 2, 0xA8: 1, 0xD3: 1, 0xD5: 1, 0xD9: 1, 0xDA: 1, 0xDB: 1,
 }
 
-func (p *SimPanel) commands(c []byte) error {
+func (p *Panel) commands(c []byte) error {
 	for len(c) > 0 {
 		op := c[0]
 		n := argCount[op]
 		if len(c) < 1+n {
-			return fmt.Errorf("display: sim: command 0x%02x lacks arguments", op)
+			return fmt.Errorf("displaysim: command 0x%02x lacks arguments", op)
 		}
 		a := c[1 : 1+n]
 		c = c[1+n:]
@@ -122,7 +120,7 @@ func (p *SimPanel) commands(c []byte) error {
 	return nil
 }
 
-func (p *SimPanel) data(b byte) {
+func (p *Panel) data(b byte) {
 	p.bytes++
 	p.ram[p.page][p.col&0x7F] = b
 	switch p.mode {
@@ -146,14 +144,14 @@ func (p *SimPanel) data(b byte) {
 }
 
 // On tells whether the panel is on.
-func (p *SimPanel) On() bool {
+func (p *Panel) On() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.on
 }
 
 // Pixel tells whether the pixel at x, y is lit in the panel's memory.
-func (p *SimPanel) Pixel(x, y int) bool {
+func (p *Panel) Pixel(x, y int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if x < 0 || x >= 128 || y < 0 || y >= 64 {
@@ -163,7 +161,7 @@ func (p *SimPanel) Pixel(x, y int) bool {
 }
 
 // DataBytes returns how many picture bytes the panel has received.
-func (p *SimPanel) DataBytes() int {
+func (p *Panel) DataBytes() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.bytes
@@ -172,7 +170,7 @@ func (p *SimPanel) DataBytes() int {
 // Lines reads the picture back as text in the built-in font, one string per
 // line of the panel with trailing blanks removed; a cell that is no glyph
 // reads as '#'. An empty panel gives empty strings.
-func (p *SimPanel) Lines() []string {
+func (p *Panel) Lines() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]string, 8)
@@ -190,12 +188,29 @@ func (p *SimPanel) Lines() []string {
 
 // decode finds the character drawn in a cell.
 func decode(cell [glyphW]byte) byte {
-	for i := range font {
-		if font[i] == cell {
-			return byte(0x20 + i)
-		}
+	if c, ok := glyphs()[cell]; ok {
+		return c
 	}
 	return '#'
 }
 
-var _ i2c.Bus = (*SimPanel)(nil)
+// glyphs maps the columns of each printable ASCII character, as
+// display.Render draws it, to the character.
+var glyphs = sync.OnceValue(func() map[[glyphW]byte]byte {
+	m := make(map[[glyphW]byte]byte, 0x7F-0x20)
+	for c := byte(0x20); c < 0x7F; c++ {
+		img := display.Render([]string{string(rune(c))}, cellW, cellH)
+		var cell [glyphW]byte
+		for x := range cell {
+			for y := 0; y < cellH; y++ {
+				if img.BitAt(x, y) {
+					cell[x] |= 1 << y
+				}
+			}
+		}
+		m[cell] = c
+	}
+	return m
+})
+
+var _ i2c.Bus = (*Panel)(nil)

@@ -1,4 +1,8 @@
-package door
+// Package doorsim emulates the cabinet door switch for the door driver
+// (station.dev/agent/drivers/door): a gpio.PinIO whose level simulation and
+// tests set, with edge detection that can be interrupted like a real pin's.
+// It is test support and the switch of `station run --sim`.
+package doorsim
 
 import (
 	"errors"
@@ -12,28 +16,28 @@ import (
 	"station.dev/agent/internal/clock"
 )
 
-// SimSwitchConfig configures a SimSwitch.
-type SimSwitchConfig struct {
+// Config configures a Switch.
+type Config struct {
 	// Open is the initial state of the door.
 	Open bool
-	// OpenLow must match the Door's Config.OpenLow.
+	// OpenLow must match the door.Config.OpenLow of the Door reading it.
 	OpenLow bool
 	// NoEdges emulates a pin without edge detection: In refuses edges and the
 	// Door falls back to polling.
 	NoEdges bool
 	// Clock times WaitForEdge; nil means the system clock.
-	Clock Clock
+	Clock clock.Clock
 }
 
-// SimSwitch is the emulated door switch: a gpio.PinIn for a Door whose level
-// simulation sets with Set. It reports edges to WaitForEdge when edge
+// Switch is the emulated door switch: a gpio.PinIn for a door.Door whose
+// level simulation sets with Set. It reports edges to WaitForEdge when edge
 // detection is enabled; edges that come faster than they are waited for
 // collapse into one, as on real pins.
-type SimSwitch struct {
+type Switch struct {
 	pin.BasicPin
 	openLow bool
 	noEdges bool
-	clk     Clock
+	clk     clock.Clock
 
 	halt chan struct{} // Halt interrupts WaitForEdge
 
@@ -44,9 +48,9 @@ type SimSwitch struct {
 	edges chan struct{} // non-nil while edge detection is enabled
 }
 
-// NewSimSwitch returns an emulated switch named "SIM_DOOR".
-func NewSimSwitch(cfg SimSwitchConfig) *SimSwitch {
-	s := &SimSwitch{
+// New returns an emulated switch named "SIM_DOOR".
+func New(cfg Config) *Switch {
+	s := &Switch{
 		BasicPin: pin.BasicPin{N: "SIM_DOOR"},
 		openLow:  cfg.OpenLow,
 		noEdges:  cfg.NoEdges,
@@ -61,7 +65,7 @@ func NewSimSwitch(cfg SimSwitchConfig) *SimSwitch {
 }
 
 // Set opens or closes the emulated door.
-func (s *SimSwitch) Set(open bool) {
+func (s *Switch) Set(open bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if open == s.open {
@@ -80,29 +84,37 @@ func (s *SimSwitch) Set(open bool) {
 	}
 }
 
+// SetNoEdge opens or closes the emulated door without reporting an edge, as
+// a real pin does when it misses one: only a read of the level sees it.
+func (s *Switch) SetNoEdge(open bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.open = open
+}
+
 // IsOpen tells whether the emulated door is open.
-func (s *SimSwitch) IsOpen() bool {
+func (s *Switch) IsOpen() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.open
 }
 
-func (s *SimSwitch) levelLocked() gpio.Level {
+func (s *Switch) levelLocked() gpio.Level {
 	return gpio.Level(s.open != s.openLow)
 }
 
 // Function implements pin.Pin.
-func (s *SimSwitch) Function() string {
+func (s *Switch) Function() string {
 	return "In/" + s.Read().String()
 }
 
 // In implements gpio.PinIn. It refuses edge detection when the switch was
 // made with NoEdges.
-func (s *SimSwitch) In(pull gpio.Pull, edge gpio.Edge) error {
+func (s *Switch) In(pull gpio.Pull, edge gpio.Edge) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if edge != gpio.NoEdge && s.noEdges {
-		return errors.New("door: sim: edge detection not supported")
+		return errors.New("doorsim: edge detection not supported")
 	}
 	if pull != gpio.PullNoChange {
 		s.pull = pull
@@ -116,7 +128,7 @@ func (s *SimSwitch) In(pull gpio.Pull, edge gpio.Edge) error {
 }
 
 // Read implements gpio.PinIn.
-func (s *SimSwitch) Read() gpio.Level {
+func (s *Switch) Read() gpio.Level {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.levelLocked()
@@ -125,7 +137,7 @@ func (s *SimSwitch) Read() gpio.Level {
 // WaitForEdge implements gpio.PinIn: it returns true at an edge, false when
 // timeout passes (a negative timeout waits for ever), when Halt is called, or
 // at once when edge detection is off.
-func (s *SimSwitch) WaitForEdge(timeout time.Duration) bool {
+func (s *Switch) WaitForEdge(timeout time.Duration) bool {
 	s.mu.Lock()
 	edges := s.edges
 	s.mu.Unlock()
@@ -153,7 +165,7 @@ func (s *SimSwitch) WaitForEdge(timeout time.Duration) bool {
 }
 
 // Halt implements conn.Resource: it interrupts a WaitForEdge in progress.
-func (s *SimSwitch) Halt() error {
+func (s *Switch) Halt() error {
 	select {
 	case s.halt <- struct{}{}:
 	default:
@@ -162,27 +174,27 @@ func (s *SimSwitch) Halt() error {
 }
 
 // Pull implements gpio.PinIn.
-func (s *SimSwitch) Pull() gpio.Pull {
+func (s *Switch) Pull() gpio.Pull {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pull
 }
 
 // DefaultPull implements gpio.PinIn.
-func (s *SimSwitch) DefaultPull() gpio.Pull {
+func (s *Switch) DefaultPull() gpio.Pull {
 	return gpio.PullUp
 }
 
 // Out implements gpio.PinOut: the switch is an input and refuses.
-func (s *SimSwitch) Out(gpio.Level) error {
-	return errors.New("door: sim: the switch is an input")
+func (s *Switch) Out(gpio.Level) error {
+	return errors.New("doorsim: the switch is an input")
 }
 
 // PWM implements gpio.PinOut: the switch is an input and refuses.
-func (s *SimSwitch) PWM(gpio.Duty, physic.Frequency) error {
-	return errors.New("door: sim: the switch is an input")
+func (s *Switch) PWM(gpio.Duty, physic.Frequency) error {
+	return errors.New("doorsim: the switch is an input")
 }
 
-// SimSwitch is a gpio.PinIO so that simulation may register it with gpioreg
-// and Open it by name.
-var _ gpio.PinIO = (*SimSwitch)(nil)
+// Switch is a gpio.PinIO so that it may stand for any pin, also in periph's
+// registry.
+var _ gpio.PinIO = (*Switch)(nil)
