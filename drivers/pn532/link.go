@@ -45,6 +45,10 @@ const (
 	maxEdgeWait = 50 * time.Millisecond
 	// maxReadWait bounds one blocking UART read for the same reason.
 	maxReadWait = 50 * time.Millisecond
+	// maxDirectRead is the longest read (frame bytes after the status
+	// byte) tried on I²C without polling the status first: the ACK and the
+	// answers of the configuration commands.
+	maxDirectRead = 16
 )
 
 // link is the host interface the chip is wired to: it moves whole frames.
@@ -76,6 +80,9 @@ type busIO interface {
 	// read reads len(r) bytes of the ready frame into r. It returns false
 	// when the chip turned out not to be ready after all.
 	read(r []byte) (bool, error)
+	// statusInRead reports whether read tells readiness itself (the I²C
+	// status byte), so that it may be tried without polling first.
+	statusInRead() bool
 }
 
 // busLink is the link over I²C or SPI: readiness comes from the IRQ line or
@@ -134,9 +141,12 @@ func (l *busLink) waitReady(ctx context.Context, deadline time.Time) error {
 func (l *busLink) recv(ctx context.Context, deadline time.Time, hint int, exact bool) ([]byte, error) {
 	n := min(hint, len(l.buf))
 	again := false
+	direct := l.direct(n)
 	for {
-		if err := l.waitReady(ctx, deadline); err != nil {
-			return nil, err
+		if !direct {
+			if err := l.waitReady(ctx, deadline); err != nil {
+				return nil, err
+			}
 		}
 		b := l.buf[:n]
 		ok, err := l.io.read(b)
@@ -144,9 +154,11 @@ func (l *busLink) recv(ctx context.Context, deadline time.Time, hint int, exact 
 			return nil, err
 		}
 		if !ok {
-			// The status byte of the read disagrees with the IRQ line
-			// or the status poll: wait a little and look again.
-			if err := doSleep(ctx, l.poll); err != nil {
+			// Not ready: a read tried at once came too early, or the
+			// status byte of the read disagrees with the IRQ line or
+			// the status poll. Wait a little and look again.
+			direct = false
+			if err := l.pause(ctx, deadline); err != nil {
 				return nil, err
 			}
 			continue
@@ -161,7 +173,26 @@ func (l *busLink) recv(ctx context.Context, deadline time.Time, hint int, exact 
 			return nil, err
 		}
 		n, again = size, true
+		direct = l.direct(n)
 	}
+}
+
+// direct reports whether a read of n frame bytes is tried without waiting
+// for the chip to say it is ready. Without IRQ, a read that carries the status
+// byte (I²C) costs little more than a status poll when it is short, and saves
+// that poll when the frame is ready, as the ACK and short answers usually are.
+func (l *busLink) direct(n int) bool {
+	return l.irq == nil && l.io.statusInRead() && n <= maxDirectRead
+}
+
+// pause waits one PollInterval, or until the deadline; past it, it returns
+// ErrTimeout.
+func (l *busLink) pause(ctx context.Context, deadline time.Time) error {
+	rem := deadline.Sub(timeNow())
+	if rem <= 0 {
+		return ErrTimeout
+	}
+	return doSleep(ctx, min(rem, l.poll))
 }
 
 func (l *busLink) wake(ctx context.Context) error {
@@ -201,6 +232,8 @@ func (c *i2cIO) String() string { return c.d.String() }
 
 func (c *i2cIO) write(f []byte) error { return c.d.Tx(f, nil) }
 
+func (c *i2cIO) statusInRead() bool { return true }
+
 func (c *i2cIO) status() (bool, error) {
 	if err := c.d.Tx(nil, c.st[:]); err != nil {
 		return false, err
@@ -237,6 +270,8 @@ type spiIO struct {
 }
 
 func (c *spiIO) String() string { return c.c.String() }
+
+func (c *spiIO) statusInRead() bool { return false }
 
 func (c *spiIO) write(f []byte) error {
 	n := 1 + len(f)

@@ -38,9 +38,11 @@ const (
 
 // Driver behaviour.
 const (
-	readAhead       = 64 // bytes read for a response of unknown size
-	maxResend       = 3  // NACKs sent for one response; sends of a command the chip NACKs
-	recoverAfter    = 3  // consecutive failed commands before Recover runs
+	readAhead       = 64  // bytes read for an InDataExchange answer of unknown size
+	listAhead       = 32  // bytes read for an InListPassiveTarget answer: a target with a 4-byte UID and a 13-byte ATS, or a 7-byte UID and a 10-byte ATS
+	maxSizes        = 256 // response sizes remembered
+	maxResend       = 3   // NACKs sent for one response; sends of a command the chip NACKs
+	recoverAfter    = 3   // consecutive failed commands before Recover runs
 	recentWindow    = time.Minute
 	downRetry       = time.Second // between recovery attempts while down
 	listRetryBudget = 100 * time.Millisecond
@@ -175,15 +177,16 @@ type Dev struct {
 	link link
 	log  *slog.Logger
 
-	mu          sync.Mutex // serialises everything below and the chip I/O
-	retries     [3]byte    // RFConfiguration item 0x05: ATR, PSL, passive activation
-	asleep      bool       // after PowerDown: wake up and re-initialise first
-	needInit    bool       // after Halt: re-initialise first
-	consecutive int        // consecutive commands that failed on the link
-	nextTry     time.Time  // while down: no recovery attempt before
-	data        []byte     // command code and parameters of the frame being sent
-	wframe      []byte     // frame being sent
-	params      []byte     // InDataExchange parameters
+	mu          sync.Mutex     // serialises everything below and the chip I/O
+	retries     [3]byte        // RFConfiguration item 0x05: ATR, PSL, passive activation
+	asleep      bool           // after PowerDown: wake up and re-initialise first
+	needInit    bool           // after Halt: re-initialise first
+	consecutive int            // consecutive commands that failed on the link
+	nextTry     time.Time      // while down: no recovery attempt before
+	data        []byte         // command code and parameters of the frame being sent
+	wframe      []byte         // frame being sent
+	params      []byte         // InDataExchange parameters
+	sizes       map[uint64]int // size of the last answer, by command and first parameters (sizeKey)
 
 	cmu    sync.Mutex
 	cancel context.CancelCauseFunc // of the command running, for Halt
@@ -265,6 +268,7 @@ func newDev(l link, o Opts) (*Dev, error) {
 		data:    make([]byte, 0, maxLen),
 		wframe:  make([]byte, 0, maxFrameSize),
 		params:  make([]byte, 0, 1+maxDataOut),
+		sizes:   make(map[uint64]int),
 	}
 	if o.IRQ != nil {
 		if err := o.IRQ.In(gpio.PullUp, gpio.FallingEdge); err != nil {
@@ -386,7 +390,7 @@ func (d *Dev) InListPassiveTarget(ctx context.Context) (*Target, error) {
 		if p := d.retries[2]; p != 0xFF {
 			wait = d.opts.Timeout + time.Duration(p)*listRetryBudget
 		}
-		resp, err := d.exchange(ctx, cmdInListPassiveTarget, []byte{0x01, 0x00}, readAhead, wait)
+		resp, err := d.exchange(ctx, cmdInListPassiveTarget, []byte{0x01, 0x00}, listAhead, wait)
 		if err != nil {
 			return err
 		}
@@ -743,6 +747,10 @@ func (d *Dev) rfConfiguration(ctx context.Context, item byte, data []byte) error
 // sent again.
 func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, respTimeout time.Duration) ([]byte, error) {
 	d.data = append(append(d.data[:0], cmd), params...)
+	key := sizeKey(cmd, params)
+	if n, ok := d.sizes[key]; ok {
+		hint = n
+	}
 	var err error
 	if d.wframe, err = appendFrame(d.wframe[:0], tfiHost, d.data); err != nil {
 		return nil, err
@@ -786,10 +794,11 @@ func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, r
 		if err != nil {
 			return nil, d.linkErr(ctx, err)
 		}
-		f, _, err := decodeFrame(b)
+		f, size, err := decodeFrame(b)
 		if err == nil {
 			switch {
 			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0 && f.data[0] == cmd+1:
+				d.learn(key, cmd, f.data, size)
 				return f.data[1:], nil
 			case f.kind == kindError:
 				d.note(ErrSyntax)
@@ -815,6 +824,32 @@ func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, r
 			return nil, d.linkErr(ctx, serr)
 		}
 	}
+}
+
+// sizeKey identifies a kind of command for the size of its answer: the
+// command code and its first six parameter bytes (for InDataExchange: Tg and
+// the APDU's CLA, INS, P1, P2 and Lc).
+func sizeKey(cmd byte, params []byte) uint64 {
+	n := min(len(params), 6)
+	k := uint64(n)<<56 | uint64(cmd)
+	for i, b := range params[:n] {
+		k |= uint64(b) << (8 * (i + 1))
+	}
+	return k
+}
+
+// learn remembers the size of an answer, so that the next answer to the same
+// kind of command is read in one transaction. An empty field does not count for
+// InListPassiveTarget: its answer fits any read, and the next poll is read for
+// a target.
+func (d *Dev) learn(key uint64, cmd byte, data []byte, size int) {
+	if cmd == cmdInListPassiveTarget && (len(data) < 2 || data[1] == 0) {
+		return
+	}
+	if len(d.sizes) >= maxSizes {
+		clear(d.sizes)
+	}
+	d.sizes[key] = size
 }
 
 func frameErr(err error) error {
