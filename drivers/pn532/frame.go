@@ -216,8 +216,10 @@ type scan struct {
 	noise bool
 	// err is nil for a valid frame, errShortFrame when the buffer ends
 	// before the frame does, ErrChecksum when the header checks but the
-	// data checksum does not, and ErrFrame for a buffer without a frame
-	// header or a frame that checks but breaks the rules (unknown TFI).
+	// data checksum does not (or, found unset, when the only start code
+	// had a bad length checksum: a damaged header), and ErrFrame for a
+	// buffer without a frame header or a frame that checks but breaks the
+	// rules (unknown TFI).
 	err error
 }
 
@@ -228,12 +230,16 @@ type scan struct {
 // or damaged. It never reads outside b.
 func scanFrame(b []byte) scan {
 	var s scan
+	damaged := false // a start code with a bad length checksum was skipped
 	for i := 0; ; {
 		j := startCode(b, i)
 		if j < 0 {
 			s.noise = s.noise || nonZero(b[i:])
 			s.start, s.end, s.err = len(b), len(b), ErrFrame
-			if len(b) > i && b[len(b)-1] == 0x00 {
+			switch {
+			case damaged:
+				s.err = ErrChecksum
+			case len(b) > i && b[len(b)-1] == 0x00:
 				// Perhaps the first byte of a start code.
 				s.start, s.end, s.err = len(b)-1, len(b)-1, errShortFrame
 			}
@@ -264,13 +270,13 @@ func scanFrame(b []byte) scan {
 			hi, lo, cs := b[p+2], b[p+3], b[p+4]
 			n, q = int(hi)<<8|int(lo), p+5
 			if hi+lo+cs != 0 || n == 0 || n > maxLen {
-				i = j + 1 // not a frame after all: look further
+				i, damaged = j+1, true // not a frame after all: look further
 				continue
 			}
 		default:
 			n, q = int(ln), p+2
 			if ln+lcs != 0 || ln == 0 {
-				i = j + 1
+				i, damaged = j+1, true
 				continue
 			}
 		}

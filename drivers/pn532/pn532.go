@@ -46,6 +46,7 @@ const (
 	recentWindow    = time.Minute
 	downRetry       = time.Second // between recovery attempts while down
 	listRetryBudget = 100 * time.Millisecond
+	ackWait         = 100 * time.Millisecond // for the ACK, before the command is sent again (the chip ACKs within a few ms)
 	resetPulse      = 20 * time.Millisecond
 	resetBoot       = 50 * time.Millisecond
 	forever         = 1000 * time.Hour
@@ -73,17 +74,19 @@ type Opts struct {
 	// Reset is the chip's RSTPDN line (active low), optional. When set,
 	// Recover pulses it to reset the chip before re-initialising it.
 	Reset gpio.PinOut
-	// Timeout bounds each command: the acknowledgement and the answer
-	// each have to come within it. InListPassiveTarget allows its answer
-	// Timeout plus 100 ms per passive activation retry, and waits until
-	// its context ends when MaxRetries is 0xFF. Default 1 s.
+	// Timeout bounds the wait for each answer. The acknowledgement has
+	// to come within 100 ms (or Timeout, if shorter) of the command, which
+	// is otherwise sent again, three times at most. InListPassiveTarget
+	// allows its answer Timeout plus 100 ms per passive activation retry,
+	// and waits until its context ends when MaxRetries is 0xFF. Default
+	// 1 s.
 	Timeout time.Duration
 	// PollInterval is the pause between status polls when IRQ is not
-	// wired, and between reads of a UART that returns at once with no
-	// bytes. Each poll is a short bus transaction (on a 100 kHz I²C bus
-	// about 0.2 ms, so 4% of the bus while a command is pending with the
-	// default 5 ms); the interval is also the latency it may add to each
-	// command. Default 5 ms.
+	// wired, between reads that find the chip not ready, and between reads
+	// of a UART that returns at once with no bytes. Each poll is a short
+	// bus transaction (on a 100 kHz I²C bus about 0.2 ms, so 4% of the bus
+	// while a command is pending with the default 5 ms); the interval is
+	// also the latency it may add to each command. Default 5 ms.
 	PollInterval time.Duration
 	// MaxRetries is MxRtyPassiveActivation (RFConfiguration item 0x05):
 	// how many times InListPassiveTarget retries the activation before it
@@ -270,6 +273,7 @@ func newDev(l link, o Opts) (*Dev, error) {
 		params:  make([]byte, 0, 1+maxDataOut),
 		sizes:   make(map[uint64]int),
 	}
+	l.setNote(d.note)
 	if o.IRQ != nil {
 		if err := o.IRQ.In(gpio.PullUp, gpio.FallingEdge); err != nil {
 			return nil, fmt.Errorf("pn532: IRQ pin %s: %w", o.IRQ, err)
@@ -306,6 +310,8 @@ var (
 	errNotPN532 = errors.New("pn532: the chip is not a PN532")
 	errNoACK    = fmt.Errorf("%w (no acknowledgement)", ErrTimeout)
 	errNoAnswer = fmt.Errorf("%w (no answer)", ErrTimeout)
+	errACKLost  = fmt.Errorf("%w: the answer came where the ACK was expected (ACK lost or garbled)", ErrFrame)
+	errNoise    = fmt.Errorf("%w: noise before the start code", ErrFrame)
 )
 
 // String returns e.g. "PN532{playback(36)}".
@@ -742,9 +748,22 @@ func (d *Dev) rfConfiguration(ctx context.Context, item byte, data []byte) error
 
 // exchange sends one command frame, waits for its acknowledgement and returns
 // the parameters of its response (after the response code). The result
-// aliases the link's buffer. Anomalies are counted; frames the chip garbled
-// are asked for again with a NACK; a command the chip refused with a NACK is
-// sent again.
+// aliases the link's buffer. Anomalies are counted, and recovered from where
+// one transient fault explains them:
+//
+//   - no ACK within ackWait: the chip did not get the command (it was
+//     asleep, or the frame was damaged on the way and failed its checksum):
+//     resynchronise (an ACK frame aborts whatever the chip was doing) and
+//     send the command again;
+//   - a NACK instead of the ACK: the chip asks for the command again;
+//   - the response where the ACK was expected: the ACK was lost; the link
+//     fetches a response its read cut short again;
+//   - anything else unreadable where the ACK was expected: most likely the
+//     ACK, garbled. The chip has the command, and resending it could run
+//     it twice: wait for the answer;
+//   - a damaged response, or one a failed read took: ask for it again with
+//     a NACK;
+//   - noise before a frame: skipped.
 func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, respTimeout time.Duration) ([]byte, error) {
 	d.data = append(append(d.data[:0], cmd), params...)
 	key := sizeKey(cmd, params)
@@ -755,74 +774,131 @@ func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, r
 	if d.wframe, err = appendFrame(d.wframe[:0], tfiHost, d.data); err != nil {
 		return nil, err
 	}
-	for try := 1; ; try++ {
-		if err := d.link.send(ctx, d.wframe); err != nil {
-			return nil, d.linkErr(ctx, err)
-		}
-		b, err := d.link.recv(ctx, timeNow().Add(d.opts.Timeout), len(ackFrame), true)
-		if errors.Is(err, ErrTimeout) {
-			err = errNoACK
-		}
-		if err != nil {
-			return nil, d.linkErr(ctx, err)
-		}
-		f, _, err := decodeFrame(b)
-		if err == nil && f.kind == kindNACK {
-			d.note(ErrNACK)
-			if try < maxResend {
-				continue
+	var (
+		sends, nacks int
+		resend       = true
+		acked        bool
+		deadline     time.Time
+		lastErr      error // why the command is sent again
+	)
+	answer := func() { acked, deadline = true, timeNow().Add(respTimeout) }
+	for {
+		if resend {
+			if sends == maxResend {
+				return nil, lastErr // counted already
 			}
-			return nil, ErrNACK
+			if errors.Is(lastErr, errNoACK) {
+				if err := d.link.wake(ctx); err != nil {
+					return nil, d.linkErr(ctx, err)
+				}
+			}
+			if err := d.link.send(ctx, d.wframe); err != nil {
+				return nil, d.linkErr(ctx, err)
+			}
+			sends++
+			resend, acked = false, false
+			deadline = timeNow().Add(min(ackWait, d.opts.Timeout))
 		}
-		if err != nil || f.kind != kindACK {
-			// Probably an ACK garbled on the way: the chip has the
-			// command. Resending it could run it twice; wait for the
-			// answer instead.
-			d.note(frameErr(err))
+		n := len(ackFrame)
+		if acked {
+			if !timeNow().Before(deadline) { // stale frames kept coming
+				return nil, d.linkErr(ctx, errNoAnswer)
+			}
+			n = hint
 		}
-		break
-	}
-	deadline := timeNow().Add(respTimeout)
-	for nacks := 0; ; {
-		if !timeNow().Before(deadline) { // stale frames kept coming
+		b, err := d.link.recv(ctx, deadline, n)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrTimeout) && !acked:
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			d.note(errNoACK)
+			lastErr, resend = errNoACK, true
+			continue
+		case errors.Is(err, ErrTimeout):
 			return nil, d.linkErr(ctx, errNoAnswer)
-		}
-		b, err := d.link.recv(ctx, deadline, hint, false)
-		if errors.Is(err, ErrTimeout) {
-			err = errNoAnswer
-		}
-		if err != nil {
+		case errors.Is(err, errFrameLost) && !acked:
+			answer() // the ACK, most likely (the bus error is counted)
+			continue
+		case errors.Is(err, errFrameLost):
+			if nacks == maxResend {
+				return nil, d.linkErr(ctx, err)
+			}
+			nacks++
+			if err := d.link.send(ctx, nackFrame); err != nil {
+				return nil, d.linkErr(ctx, err)
+			}
+			continue
+		default:
 			return nil, d.linkErr(ctx, err)
 		}
-		f, size, err := decodeFrame(b)
-		if err == nil {
+		sc := scanFrame(b)
+		if sc.err == nil {
+			f := sc.f
 			switch {
-			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0 && f.data[0] == cmd+1:
-				d.learn(key, cmd, f.data, size)
-				return f.data[1:], nil
+			case f.kind == kindACK:
+				if sc.noise {
+					d.note(errNoise)
+				}
+				if !acked {
+					answer()
+				}
+				// Else the ACK, late: the answer follows.
+				continue
+			case f.kind == kindNACK && !acked:
+				d.note(ErrNACK)
+				lastErr, resend = ErrNACK, true
+				continue
 			case f.kind == kindError:
+				d.noteOnce(acked, sc.noise)
 				d.note(ErrSyntax)
 				return nil, ErrSyntax
-			case f.kind == kindACK:
-				// The ACK, late (on UART, after noise the ACK phase
-				// took for a garbled ACK): the answer follows.
-				continue
+			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0 && f.data[0] == cmd+1:
+				d.noteOnce(acked, sc.noise)
+				d.learn(key, cmd, f.data, sc.size)
+				return f.data[1:], nil
 			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0:
 				// The late answer to an earlier command: drop it.
 				d.note(fmt.Errorf("%w: stale response 0x%02X to command 0x%02X", ErrFrame, f.data[0], cmd))
 				continue
 			}
-			err = ErrFrame
+			sc.err = ErrFrame // not a frame the chip answers with
 		}
-		err = frameErr(err)
+		err = frameErr(sc.err)
+		if !acked && !(sc.found && sc.size > len(ackFrame)) {
+			// Not the header of an answer: most likely the ACK,
+			// garbled. The chip has the command; resending it could
+			// run it twice: wait for the answer instead.
+			d.note(err)
+			answer()
+			continue
+		}
+		// A damaged answer, also where the ACK was expected (then the ACK
+		// was lost too).
+		if !acked {
+			d.note(errACKLost)
+			answer()
+		}
 		d.note(err)
 		if nacks == maxResend {
 			return nil, err
 		}
 		nacks++
-		if serr := d.link.send(ctx, nackFrame); serr != nil {
-			return nil, d.linkErr(ctx, serr)
+		if err := d.link.send(ctx, nackFrame); err != nil {
+			return nil, d.linkErr(ctx, err)
 		}
+	}
+}
+
+// noteOnce counts the anomaly of an answer that came whole: it came where
+// the ACK was expected (the ACK was lost), or behind noise.
+func (d *Dev) noteOnce(acked, noise bool) {
+	switch {
+	case !acked:
+		d.note(errACKLost)
+	case noise:
+		d.note(errNoise)
 	}
 }
 

@@ -238,20 +238,21 @@ func TestNewI2CNoChip(t *testing.T) {
 	if !strings.Contains(err.Error(), "no PN532 answering on dead(36)") || !strings.Contains(err.Error(), "remote I/O error") {
 		t.Errorf("error %q does not say what is wrong", err)
 	}
-	// Wake-up (its error is expected from a sleeping chip), status;
-	// once more after the reset pulse.
-	if bus.n != 4 {
-		t.Errorf("%d transactions, want 4", bus.n)
+	// Wake-up (its error is expected from a sleeping chip), status, tried
+	// three times in all; once more after the reset pulse.
+	if bus.n != 8 {
+		t.Errorf("%d transactions, want 8", bus.n)
 	}
 	if rst.Read() != gpio.High || rst.pulses != 1 {
 		t.Errorf("reset line %s after %d pulses, want High after 1", rst.Read(), rst.pulses)
 	}
-	// No timeout was waited for: a bus error fails at once.
+	// No timeout was waited for: a bus error fails once it was tried
+	// three times, 1 ms and 5 ms apart.
 	var total time.Duration
 	for _, s := range clk.slept() {
 		total += s
 	}
-	if want := 2*wakeDelay + resetPulse + resetBoot; total != want {
+	if want := 2*(wakeDelay+busRetryDelays[0]+busRetryDelays[1]) + resetPulse + resetBoot; total != want {
 		t.Errorf("slept %v, want %v", total, want)
 	}
 }
@@ -650,12 +651,13 @@ func TestTimeoutThenRecover(t *testing.T) {
 	opts.Timeout = 10 * time.Millisecond
 	opts.Reset = rst
 	d, bus := newPlayback(t, &opts, []i2ctest.IO{
-		iw(fFW),    // GetFirmwareVersion
-		inr(6),     // t=0: read at once, busy
-		ist(false), // t=5ms: busy
-		ist(false), // t=10ms: busy; timeout
-		iw(fACK),   // resync: ACK aborts the command
-		ist(false), // status: nothing to discard
+		iw(fFW),      // GetFirmwareVersion
+		ird(6, fACK), // ACK
+		inr(13),      // t=0: the answer, read at once: busy
+		ist(false),   // t=5ms: busy
+		ist(false),   // t=10ms: busy; timeout
+		iw(fACK),     // resync: ACK aborts the command
+		ist(false),   // status: nothing to discard
 	}, initI2C) // Recover: reset pulse, then initialisation
 	_, err := d.GetFirmwareVersion(context.Background())
 	if !errors.Is(err, ErrTimeout) {

@@ -305,10 +305,15 @@ func TestSimFaults(t *testing.T) {
 					t.Errorf("%v ×%d not counted", f.Kind, f.Count)
 				}
 			}
-			// A lost command times out; the next one works.
+			// A lost command is sent again.
 			chip.Inject(pn532sim.Fault{Kind: pn532sim.NoResponse, Count: 1})
-			if _, err := d.GetFirmwareVersion(ctx); !errors.Is(err, ErrTimeout) {
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
 				t.Fatalf("lost command: %v", err)
+			}
+			// Lost every time: it times out; the next one works.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.NoResponse, Count: maxResend})
+			if _, err := d.GetFirmwareVersion(ctx); !errors.Is(err, ErrTimeout) {
+				t.Fatalf("lost commands: %v", err)
 			}
 			if _, err := d.GetFirmwareVersion(ctx); err != nil {
 				t.Fatal(err)
@@ -322,7 +327,7 @@ func TestSimFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := d.Health()
-			if h.State != "degraded" || h.Timeouts != 1 || h.Checksum < 4 || h.Resets != 1 {
+			if h.State != "degraded" || h.Timeouts != 1+maxResend || h.Checksum < 4 || h.Resets != 1 {
 				t.Errorf("Health() = %+v", h)
 			}
 			// The card is still there, detected again after the re-initialisation.
@@ -413,17 +418,27 @@ func TestSimDownAndBack(t *testing.T) {
 }
 
 func TestSimBusErrors(t *testing.T) {
-	chip, d := newSim(t, simConfigs[0], nil, nil)
-	ctx := context.Background()
-	chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: 1})
-	if _, err := d.GetFirmwareVersion(ctx); err == nil {
-		t.Fatal("bus error not reported")
-	}
-	if _, err := d.GetFirmwareVersion(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if h := d.Health(); h.Errors != 1 || h.State != "degraded" {
-		t.Errorf("Health() = %+v", h)
+	for _, cfg := range simConfigs {
+		t.Run(cfg.name, func(t *testing.T) {
+			chip, d := newSim(t, cfg, nil, nil)
+			ctx := context.Background()
+			// One failed transaction is tried again.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: 1})
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
+				t.Fatalf("one bus error: %v", err)
+			}
+			if h := d.Health(); h.Errors != 1 || h.State != "degraded" {
+				t.Errorf("Health() = %+v", h)
+			}
+			// A bus that keeps failing fails the command.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: busTries})
+			if _, err := d.GetFirmwareVersion(ctx); err == nil {
+				t.Fatal("bus errors not reported")
+			}
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
