@@ -209,7 +209,9 @@ type scan struct {
 	// the whole frame (postamble included); 0 until the header is in.
 	need int
 	// found reports a frame header: a start code followed by a length
-	// that checks (an ACK, a NACK or the header of an information frame).
+	// that checks (an ACK, a NACK or the header of an information frame,
+	// or the FF FF that starts an extended one). f.kind is then kindACK,
+	// kindNACK, or kindInfo (kindError once decoded) even when err is set.
 	found bool
 	// noise reports bytes other than preamble zeros before the frame, or
 	// anywhere in a buffer without a frame.
@@ -264,7 +266,8 @@ func scanFrame(b []byte) scan {
 			return s
 		case ln == 0xFF && lcs == 0xFF:
 			if len(b) < p+5 {
-				s.err = errShortFrame
+				// An extended frame, its length not in b yet.
+				s.found, s.f.kind, s.err = true, kindInfo, errShortFrame
 				return s
 			}
 			hi, lo, cs := b[p+2], b[p+3], b[p+4]
@@ -280,7 +283,7 @@ func scanFrame(b []byte) scan {
 				continue
 			}
 		}
-		s.found = true
+		s.found, s.f.kind = true, kindInfo
 		full := q + n + 2 // after TFI, data, DCS and postamble
 		s.size = full - j + 1
 		if len(b) < full-1 { // up to DCS at least

@@ -866,7 +866,7 @@ func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, r
 			sc.err = ErrFrame // not a frame the chip answers with
 		}
 		err = frameErr(sc.err)
-		if !acked && !(sc.found && sc.size > len(ackFrame)) {
+		if !acked && !(sc.found && (sc.f.kind == kindInfo || sc.f.kind == kindError)) {
 			// Not the header of an answer: most likely the ACK,
 			// garbled. The chip has the command; resending it could
 			// run it twice: wait for the answer instead.
