@@ -1,6 +1,7 @@
 package pn532
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -446,7 +447,36 @@ func TestFaultLostACK(t *testing.T) {
 			R(13, fFWr),    // D5 03 32 01 06 07, whole
 		},
 		errors: 1, within: 5 * time.Millisecond,
+	}, {
+		name: "lost ACK, extended answer",
+		script: []op{
+			W(longCmd),                     // D4 40 01 00 B0 01 2C: READ BINARY of 300 bytes
+			R(6, longAnswer[:6]),           // 00 00 FF FF FF 01: an extended answer, its length cut off
+			W(fNACK),                       // NACK: send the answer again
+			R(64, longAnswer[:64]),         // read as an answer of unknown size: cut
+			W(fNACK),                       // NACK
+			R(len(longAnswer), longAnswer), // whole
+		},
+		base:   []op{W(longCmd), R(6, fACK), R(64, longAnswer[:64]), W(fNACK), R(len(longAnswer), longAnswer)},
+		fn:     readLong,
+		errors: 1, within: 5 * time.Millisecond,
 	}})
+}
+
+// longCmd and longAnswer are an exchange whose answer needs an extended
+// frame: READ BINARY of 256 bytes, answered with 256 bytes and 90 00.
+var (
+	longCmd    = tframe(0xD4, 0x40, 0x01, 0x00, 0xB0, 0x00, 0x00)
+	longData   = append(seq(256, 0x20), 0x90, 0x00)
+	longAnswer = tframe(0xD5, cat([]byte{0x41, 0x00}, longData)...)
+)
+
+func readLong(ctx context.Context, d *Dev) error {
+	got, err := d.InDataExchange(ctx, 1, []byte{0x00, 0xB0, 0x00, 0x00})
+	if err == nil && !bytes.Equal(got, longData) {
+		err = fmt.Errorf("answer of %d bytes", len(got))
+	}
+	return err
 }
 
 // TestFaultGarbledACK: the ACK arrives damaged; the answer follows.

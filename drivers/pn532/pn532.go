@@ -874,13 +874,16 @@ func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, r
 			answer()
 			continue
 		}
-		// A damaged answer, also where the ACK was expected (then the ACK
-		// was lost too).
+		// A damaged answer, also where the ACK was expected: then the ACK
+		// was lost, and the answer may just be cut short by a read sized
+		// for the ACK.
+		if acked || !errors.Is(sc.err, errShortFrame) {
+			d.note(err)
+		}
 		if !acked {
 			d.note(errACKLost)
 			answer()
 		}
-		d.note(err)
 		if nacks == maxResend {
 			return nil, err
 		}
