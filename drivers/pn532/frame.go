@@ -141,7 +141,8 @@ func frameSize(b []byte) (int, error) {
 }
 
 // decodeFrame decodes the frame at the start of b and returns it with the
-// number of bytes it takes. Bytes after the frame are left alone. It never
+// number of bytes it takes. It is the strict decoder, the reference the tests
+// hold scanFrame (which the driver reads with) to. Bytes after the frame are left alone. It never
 // reads outside b; errors are errShortFrame (b ends within the frame),
 // ErrChecksum and ErrFrame.
 func decodeFrame(b []byte) (frame, int, error) {
