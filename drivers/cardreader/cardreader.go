@@ -29,9 +29,15 @@
 // is a different card: another token, except that two cards identified by
 // random UIDs in a row count as the same card. For the same reason a read
 // that fails on a random UID while a card with a random UID is present is
-// not reported. A card that fails to read is reported once with its
-// failure and not read again while it stays; a card that left the field
-// during the read ("removed") is read again as soon as it comes back.
+// not reported.
+//
+// A read that fails because the chip failed ("reader") or the card stopped
+// answering ("removed") is tried once more when the card is still in the
+// field: the reader releases it, activates it again and, if it is the same
+// card, reads it again, so that a moment's fault costs nobody their tap. A
+// card that fails to read twice is reported once with its failure and not
+// read again while it stays; a card that left the field during the read is
+// read again as soon as it comes back.
 //
 // With Opts.MinInterval, a card whose token was reported less than that
 // long ago is not reported again even after it left the field.
@@ -292,8 +298,12 @@ func (r *Reader) Next(ctx context.Context) (Presentation, error) {
 			r.present = nil
 			continue
 		}
+		prev := r.present
 		p, report := r.handle(ctx, tgt)
 		r.release(ctx)
+		if report && retryable(p) && ctx.Err() == nil {
+			p, report = r.retry(ctx, tgt, prev, p)
+		}
 		if err := ctx.Err(); err != nil {
 			return Presentation{}, err
 		}
@@ -367,6 +377,50 @@ func (r *Reader) handle(ctx context.Context, tgt *Target) (Presentation, bool) {
 		return Presentation{}, false
 	}
 	return p, true
+}
+
+// retryable reports whether a failed read is worth one more try while the
+// card stays: the chip failed, or the card stopped answering, which may be a
+// moment's glitch as well as a card taken away.
+func retryable(p Presentation) bool {
+	return p.Error == CodeReader || p.Error == CodeRemoved
+}
+
+// retry reads the card of a failed read once more if it is still in the
+// field: it activates whatever is there again (a fresh start for the chip and
+// the card) and reads it if it is the same card. Otherwise, or if Detect
+// fails, the first failure stands. prev is the presence before the failed
+// read.
+func (r *Reader) retry(ctx context.Context, tgt *Target, prev *presence, failed Presentation) (Presentation, bool) {
+	again, err := r.chip.Detect(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return Presentation{}, false
+	case errors.Is(err, ErrRemoved) || err == nil && again == nil:
+		r.present = nil // the field is empty
+		return failed, true
+	case err != nil:
+		r.chipFailed("detect", err)
+		return failed, true
+	}
+	r.chipWorks()
+	if !sameCard(tgt.UID, again.UID) {
+		// Another card: the next Detect finds it again.
+		r.release(ctx)
+		return failed, true
+	}
+	r.log.Debug("cardreader: card read failed, reading it once more", "error", failed.Error)
+	r.present = prev
+	p, report := r.handle(ctx, again)
+	r.release(ctx)
+	return p, report
+}
+
+// sameCard reports whether two activations are of the same card as far as
+// the UIDs tell: the same UID, or two random ones (a random-UID card draws a
+// new one on each activation).
+func sameCard(a, b []byte) bool {
+	return bytes.Equal(a, b) || emv.IsRandomUID(a) && emv.IsRandomUID(b)
 }
 
 // identify reads the target's identity.

@@ -277,6 +277,7 @@ func TestRemovedMidRead(t *testing.T) {
 	c := p.Card(0)
 	f := newChip(
 		step{card: c, failAt: 3, failErr: ErrRemoved},
+		step{},        // tried once more: gone
 		step{card: c}, // back in the field: read again
 		step{card: c},
 	)
@@ -292,6 +293,26 @@ func TestRemovedMidRead(t *testing.T) {
 	none(t, r, f)
 	if h := r.Health(); h.ChipErrors != 0 || h.Failures != 1 || h.Presentations != 2 {
 		t.Errorf("health %+v", h)
+	}
+}
+
+// TestRemovedButStillThere: the card stopped answering for a moment but is
+// still in the field: it is read once more, and only the card is reported.
+func TestRemovedButStillThere(t *testing.T) {
+	p := builtin(t, "unionpay-debit")
+	c := p.Card(0)
+	f := newChip(step{card: c, failAt: 3, failErr: ErrRemoved}, step{card: c}, step{card: c})
+	r := newReader(t, f, nil)
+	got := next(t, r, f)
+	if got.Error != "" || got.Card == nil || got.Card.Token != emvToken(p) {
+		t.Fatalf("presentation %+v, want the card", got)
+	}
+	none(t, r, f) // held: not read again
+	if h := r.Health(); h.Failures != 0 || h.Presentations != 1 || h.ChipErrors != 0 {
+		t.Errorf("health %+v", h)
+	}
+	if f.releases != 3 {
+		t.Errorf("%d releases, want 3 (the failed read, the second read, the held card)", f.releases)
 	}
 }
 
@@ -474,15 +495,68 @@ func TestChipErrors(t *testing.T) {
 func TestReaderFailureMidRead(t *testing.T) {
 	p := builtin(t, "unionpay-debit")
 	c := p.Card(0)
-	f := newChip(step{card: c, failAt: 2, failErr: errors.New("pn532: frame checksum")}, step{card: c})
+	fail := errors.New("pn532: frame checksum")
+	// Fails once: the card still in the field is read once more.
+	f := newChip(step{card: c, failAt: 2, failErr: fail}, step{card: c}, step{card: c})
 	r := newReader(t, f, nil)
 	got := next(t, r, f)
+	if got.Error != "" || got.Card == nil || got.Card.Token != emvToken(p) {
+		t.Fatalf("presentation %+v, want the card", got)
+	}
+	none(t, r, f) // held: not read again
+	if h := r.Health(); h.ChipErrors != 1 || h.Failures != 0 {
+		t.Errorf("health %+v", h)
+	}
+
+	// Fails twice: reported once, and not read again while held.
+	f = newChip(step{card: c, failAt: 2, failErr: fail}, step{card: c, failAt: 1, failErr: fail}, step{card: c}, step{card: c})
+	r = newReader(t, f, nil)
+	got = next(t, r, f)
 	if got.Error != CodeReader || got.Card != nil || !strings.Contains(got.Detail, "checksum") {
 		t.Fatalf("presentation %+v", got)
 	}
-	none(t, r, f) // held: not read again
-	if h := r.Health(); h.ChipErrors != 1 {
+	none(t, r, f)
+	if h := r.Health(); h.ChipErrors != 2 || h.Failures != 1 {
 		t.Errorf("health %+v", h)
+	}
+
+	// Fails, and the card is gone: reported.
+	f = newChip(step{card: c, failAt: 2, failErr: fail}, step{}, step{card: c})
+	r = newReader(t, f, nil)
+	if got := next(t, r, f); got.Error != CodeReader {
+		t.Fatalf("presentation %+v", got)
+	}
+	if got := next(t, r, f); got.Card == nil { // back: read
+		t.Fatalf("presentation %+v", got)
+	}
+}
+
+// TestReaderFailureOtherCard: after a failed read another card is in the
+// field: the failure is reported, then the other card is read.
+func TestReaderFailureOtherCard(t *testing.T) {
+	debit, credit := builtin(t, "unionpay-debit"), builtin(t, "unionpay-credit")
+	f := newChip(
+		step{card: debit.Card(0), failAt: 2, failErr: errors.New("pn532: timeout")},
+		step{card: credit.Card(0)}, // found when trying the first card again
+		step{card: credit.Card(0)},
+	)
+	r := newReader(t, f, nil)
+	if got := next(t, r, f); got.Error != CodeReader {
+		t.Fatalf("first: %+v", got)
+	}
+	if got := next(t, r, f); got.Card == nil || got.Card.Token != emvToken(credit) {
+		t.Fatalf("second: %+v", got)
+	}
+}
+
+// TestReaderFailureRandomUID: a card with a random UID comes back with a new
+// one when it is activated again; it is read once more all the same.
+func TestReaderFailureRandomUID(t *testing.T) {
+	p := builtin(t, "random-uid")
+	f := newChip(step{card: p.Card(0), failAt: 3, failErr: errors.New("pn532: timeout")}, step{card: p.Card(0)})
+	r := newReader(t, f, nil)
+	if got := next(t, r, f); got.Card == nil || got.Card.Token != emvToken(p) {
+		t.Fatalf("presentation %+v, want the card", got)
 	}
 }
 

@@ -12,9 +12,10 @@ import "errors"
 //	error       00 00 FF 01 FF 7F 81 00   (application level: syntax error)
 //
 // LEN counts TFI and the data bytes; LEN+LCS ≡ 0 and TFI+PD0+…+PDn+DCS ≡ 0
-// (mod 256). The leading 00 is the preamble; the decoder accepts any number of
+// (mod 256). The leading 00 is the preamble; decodeFrame accepts any number of
 // preamble bytes (at least the 00 of the start code) and nothing else before
-// the start code.
+// the start code. scanFrame, which the driver reads frames with, also skips
+// noise before the start code and tolerates a missing postamble.
 
 const (
 	// tfiHost is the frame identifier of frames from the host to the chip.
@@ -140,7 +141,8 @@ func frameSize(b []byte) (int, error) {
 }
 
 // decodeFrame decodes the frame at the start of b and returns it with the
-// number of bytes it takes. Bytes after the frame are left alone. It never
+// number of bytes it takes. It is the strict decoder, the reference the tests
+// hold scanFrame (which the driver reads with) to. Bytes after the frame are left alone. It never
 // reads outside b; errors are errShortFrame (b ends within the frame),
 // ErrChecksum and ErrFrame.
 func decodeFrame(b []byte) (frame, int, error) {
@@ -189,4 +191,147 @@ func decodeFrame(b []byte) (frame, int, error) {
 		return frame{}, 0, ErrFrame
 	}
 	return f, size, nil
+}
+
+// scan is what scanFrame found in a buffer.
+type scan struct {
+	f frame // the frame, when err is nil
+	// start is the offset of the frame's start code 00 FF: the bytes before
+	// it are preamble or noise. Without a frame it is len(b), or the offset
+	// of a trailing 00 that may begin a start code.
+	start int
+	// end is the offset just after the frame; a postamble cut off by the
+	// end of the buffer is not waited for.
+	end int
+	// size is the frame's length on the wire with one preamble byte and
+	// its postamble, once its header is known.
+	size int
+	// need, with errShortFrame, is how many bytes the buffer must hold for
+	// the whole frame (postamble included); 0 until the header is in.
+	need int
+	// found reports a frame header: a start code followed by a length
+	// that checks (an ACK, a NACK or the header of an information frame,
+	// or the FF FF that starts an extended one). f.kind is then kindACK,
+	// kindNACK, or kindInfo (kindError once decoded) even when err is set.
+	found bool
+	// noise reports bytes other than preamble zeros before the frame, or
+	// anywhere in a buffer without a frame.
+	noise bool
+	// err is nil for a valid frame, errShortFrame when the buffer ends
+	// before the frame does, ErrChecksum when the header checks but the
+	// data checksum does not (or, found unset, when the only start code
+	// had a bad length checksum: a damaged header), and ErrFrame for a
+	// buffer without a frame header or a frame that checks but breaks the
+	// rules (unknown TFI).
+	err error
+}
+
+// scanFrame finds the first frame in b. Unlike decodeFrame it resynchronises:
+// it skips any bytes before a start code 00 FF, and a start code whose
+// length checksum is wrong (noise that looks like one, or a header damaged on
+// the way) is skipped too. The postamble carries nothing and may be missing
+// or damaged. It never reads outside b.
+func scanFrame(b []byte) scan {
+	var s scan
+	damaged := false // a start code with a bad length checksum was skipped
+	for i := 0; ; {
+		j := startCode(b, i)
+		if j < 0 {
+			s.noise = s.noise || nonZero(b[i:])
+			s.start, s.end, s.err = len(b), len(b), ErrFrame
+			switch {
+			case damaged:
+				s.err = ErrChecksum
+			case len(b) > i && b[len(b)-1] == 0x00:
+				// Perhaps the first byte of a start code.
+				s.start, s.end, s.err = len(b)-1, len(b)-1, errShortFrame
+			}
+			return s
+		}
+		s.noise = s.noise || nonZero(b[i:j])
+		s.start, s.end = j, j
+		p := j + 2 // LEN
+		if len(b) < p+2 {
+			s.err = errShortFrame
+			return s
+		}
+		ln, lcs := b[p], b[p+1]
+		var n, q int // LEN, offset of TFI
+		switch {
+		case ln == 0x00 && lcs == 0xFF, ln == 0xFF && lcs == 0x00:
+			s.f = frame{kind: kindACK}
+			if ln == 0xFF {
+				s.f.kind = kindNACK
+			}
+			s.found, s.size, s.end = true, 6, min(p+3, len(b))
+			return s
+		case ln == 0xFF && lcs == 0xFF:
+			if len(b) < p+5 {
+				// An extended frame, its length not in b yet.
+				s.found, s.f.kind, s.err = true, kindInfo, errShortFrame
+				return s
+			}
+			hi, lo, cs := b[p+2], b[p+3], b[p+4]
+			n, q = int(hi)<<8|int(lo), p+5
+			if hi+lo+cs != 0 || n == 0 || n > maxLen {
+				i, damaged = j+1, true // not a frame after all: look further
+				continue
+			}
+		default:
+			n, q = int(ln), p+2
+			if ln+lcs != 0 || ln == 0 {
+				i, damaged = j+1, true
+				continue
+			}
+		}
+		s.found, s.f.kind = true, kindInfo
+		full := q + n + 2 // after TFI, data, DCS and postamble
+		s.size = full - j + 1
+		if len(b) < full-1 { // up to DCS at least
+			s.need, s.err = full, errShortFrame
+			return s
+		}
+		s.end = min(full, len(b))
+		body := b[q : q+n+1] // TFI, data, DCS
+		var sum byte
+		for _, c := range body {
+			sum += c
+		}
+		if sum != 0 {
+			s.err = ErrChecksum
+			return s
+		}
+		s.f = frame{kind: kindInfo, tfi: body[0], data: body[1 : len(body)-1]}
+		switch s.f.tfi {
+		case tfiHost, tfiChip:
+		case tfiError:
+			if len(s.f.data) != 0 {
+				s.err = ErrFrame
+			}
+			s.f.kind = kindError
+		default:
+			s.err = ErrFrame
+		}
+		return s
+	}
+}
+
+// startCode returns the offset of the first start code 00 FF in b at or
+// after i, or -1.
+func startCode(b []byte, i int) int {
+	for ; i+1 < len(b); i++ {
+		if b[i] == 0x00 && b[i+1] == 0xFF {
+			return i
+		}
+	}
+	return -1
+}
+
+func nonZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return true
+		}
+	}
+	return false
 }

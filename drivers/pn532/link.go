@@ -3,6 +3,7 @@ package pn532
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/bits"
 	"os"
@@ -45,6 +46,10 @@ const (
 	maxEdgeWait = 50 * time.Millisecond
 	// maxReadWait bounds one blocking UART read for the same reason.
 	maxReadWait = 50 * time.Millisecond
+	// maxDirectRead is the longest read (frame bytes after the status
+	// byte) tried on I²C without polling the status first: the ACK and the
+	// answers of the configuration commands.
+	maxDirectRead = 16
 )
 
 // link is the host interface the chip is wired to: it moves whole frames.
@@ -53,17 +58,20 @@ type link interface {
 	// send writes one frame to the chip.
 	send(ctx context.Context, f []byte) error
 	// recv waits until deadline for the next frame from the chip and
-	// returns its bytes, from the preamble on, possibly followed by padding
-	// and possibly invalid: the caller decodes. hint is the expected frame
-	// size; unless exact is set a longer frame is fetched whole. The slice
-	// is valid until the next call.
-	recv(ctx context.Context, deadline time.Time, hint int, exact bool) ([]byte, error)
+	// returns its bytes, possibly with noise before and padding after, and
+	// possibly invalid: the caller finds the frame with scanFrame. hint is
+	// the expected frame size: a read of a longer frame is done again,
+	// whole. The slice is valid until the next call. errFrameLost means
+	// that the chip handed a frame over to a read that failed.
+	recv(ctx context.Context, deadline time.Time, hint int) ([]byte, error)
 	// wake wakes the chip from power-down and resynchronises: it aborts
 	// the command in progress, if any, and discards what the chip had
 	// ready to send.
 	wake(ctx context.Context) error
 	// wakeMask is the PowerDown WakeUpEnable bit of this interface.
 	wakeMask() byte
+	// setNote sets the function the link reports recovered anomalies to.
+	setNote(func(error))
 }
 
 // busIO is one I²C or SPI transaction of each kind the protocol uses.
@@ -76,41 +84,102 @@ type busIO interface {
 	// read reads len(r) bytes of the ready frame into r. It returns false
 	// when the chip turned out not to be ready after all.
 	read(r []byte) (bool, error)
+	// statusInRead reports whether read tells readiness itself (the I²C
+	// status byte), so that it may be tried without polling first.
+	statusInRead() bool
 }
 
 // busLink is the link over I²C or SPI: readiness comes from the IRQ line or
 // from status polls, then the frame is read in one transaction.
+//
+// A transaction that fails on the bus (an address not acknowledged, a chip
+// still waking up) is tried again, busTries times in all. The chip never saw a
+// failed write or status poll, so repeating them is safe; a failed read may
+// have taken the frame, which is then asked for again (errFrameLost).
 type busLink struct {
 	io   busIO
 	irq  gpio.PinIn // nil: poll the status
 	poll time.Duration
 	mask byte
+	note func(error) // counts a bus error that was recovered
 	buf  [maxFrameSize]byte
 }
+
+// Bus error retries.
+var (
+	// busRetryDelays are the pauses before the second and third tries of
+	// a transaction: a glitch passes at once, a chip waking up from
+	// power-down needs a few milliseconds.
+	busRetryDelays = [...]time.Duration{time.Millisecond, wakeDelay}
+	// errFrameLost: a read failed after the chip had said a frame was
+	// ready, and then the chip had nothing: the failed read took it.
+	errFrameLost = errors.New("pn532: frame lost in a failed read")
+)
+
+// busTries is how many times a transaction is tried.
+const busTries = len(busRetryDelays) + 1
+
+// rereadSlack is added to the size of a frame read again after noise cut it,
+// so that a little more noise the second time does not cut it again.
+const rereadSlack = 4
 
 func (l *busLink) String() string { return l.io.String() }
 
 func (l *busLink) wakeMask() byte { return l.mask }
 
-func (l *busLink) send(_ context.Context, f []byte) error { return l.io.write(f) }
+func (l *busLink) setNote(f func(error)) { l.note = f }
+
+// retry runs a bus transaction, again after a bus error.
+func (l *busLink) retry(ctx context.Context, tx func() error) error {
+	for try := 0; ; try++ {
+		err := tx()
+		if err == nil || try == len(busRetryDelays) {
+			return err
+		}
+		l.noteErr(err)
+		if err := doSleep(ctx, busRetryDelays[try]); err != nil {
+			return err
+		}
+	}
+}
+
+func (l *busLink) noteErr(err error) {
+	if l.note != nil {
+		l.note(fmt.Errorf("pn532: bus error, tried again: %w", err))
+	}
+}
+
+func (l *busLink) send(ctx context.Context, f []byte) error {
+	return l.retry(ctx, func() error { return l.io.write(f) })
+}
 
 // ready reports once whether the chip has something to send.
-func (l *busLink) ready() (bool, error) {
+func (l *busLink) ready(ctx context.Context) (bool, error) {
 	if l.irq != nil {
 		return l.irq.Read() == gpio.Low, nil
 	}
-	return l.io.status()
+	var ok bool
+	err := l.retry(ctx, func() (err error) {
+		ok, err = l.io.status()
+		return err
+	})
+	return ok, err
 }
 
-// waitReady waits until the chip has something to send.
-func (l *busLink) waitReady(ctx context.Context, deadline time.Time) error {
+// waitReady waits until the chip has something to send. After a failed
+// read (lost set), a chip with nothing to send has handed its frame over to
+// that read: errFrameLost.
+func (l *busLink) waitReady(ctx context.Context, deadline time.Time, lost bool) error {
 	for {
-		ok, err := l.ready()
+		ok, err := l.ready(ctx)
 		if err != nil {
 			return err
 		}
 		if ok {
 			return nil
+		}
+		if lost {
+			return errFrameLost
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -131,37 +200,87 @@ func (l *busLink) waitReady(ctx context.Context, deadline time.Time) error {
 	}
 }
 
-func (l *busLink) recv(ctx context.Context, deadline time.Time, hint int, exact bool) ([]byte, error) {
-	n := min(hint, len(l.buf))
-	again := false
+// recv reads the next frame. A read that finds the chip not ready (the IRQ
+// line or the status poll was early, or glitched) is never answered with a
+// NACK: that would make the chip start its answer again. A frame the read
+// cut short (a longer answer than expected, or noise before it) is asked for
+// again with a NACK and read whole.
+func (l *busLink) recv(ctx context.Context, deadline time.Time, hint int) ([]byte, error) {
+	n := min(max(hint, len(ackFrame)), len(l.buf))
+	direct := l.direct(n)
+	rereads, fails := 0, 0
+	failed := false // a read failed after the chip said a frame was ready
 	for {
-		if err := l.waitReady(ctx, deadline); err != nil {
-			return nil, err
+		if !direct {
+			if err := l.waitReady(ctx, deadline, failed); err != nil {
+				return nil, err
+			}
 		}
 		b := l.buf[:n]
 		ok, err := l.io.read(b)
 		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			// The status byte of the read disagrees with the IRQ line
-			// or the status poll: wait a little and look again.
-			if err := doSleep(ctx, l.poll); err != nil {
+			if fails++; fails == busTries {
+				return nil, err
+			}
+			l.noteErr(err)
+			failed = failed || !direct
+			if err := doSleep(ctx, busRetryDelays[fails-1]); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		size, err := frameSize(b)
-		if err != nil || size <= n || exact || again || size > len(l.buf) {
+		if !ok {
+			if failed {
+				return nil, errFrameLost
+			}
+			// Not ready: a read tried at once came too early, or the
+			// read disagrees with the IRQ line or the status poll.
+			// Wait a little and look again.
+			direct = false
+			if err := l.pause(ctx, deadline); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		failed, fails = false, 0
+		sc := scanFrame(b)
+		if !errors.Is(sc.err, errShortFrame) || sc.need <= n || rereads == maxRereads {
 			return b, nil
 		}
-		// The frame is longer than expected: the chip sends a frame
-		// again when asked with a NACK; read it whole this time.
-		if err := l.io.write(nackFrame); err != nil {
+		// The frame is longer than the read: the chip sends it again
+		// when asked with a NACK; read it whole this time.
+		if err := l.send(ctx, nackFrame); err != nil {
 			return nil, err
 		}
-		n, again = size, true
+		rereads++
+		n = sc.need
+		if sc.noise {
+			n += rereadSlack
+		}
+		n = min(n, len(l.buf))
+		direct = l.direct(n)
 	}
+}
+
+// maxRereads bounds the NACKs recv sends for frames its reads cut short.
+const maxRereads = 2
+
+// direct reports whether a read of n frame bytes is tried without waiting
+// for the chip to say it is ready. Without IRQ, a read that carries the status
+// byte (I²C) costs little more than a status poll when it is short, and saves
+// that poll when the frame is ready, as the ACK and short answers usually are.
+func (l *busLink) direct(n int) bool {
+	return l.irq == nil && l.io.statusInRead() && n <= maxDirectRead
+}
+
+// pause waits one PollInterval, or until the deadline; past it, it returns
+// ErrTimeout.
+func (l *busLink) pause(ctx context.Context, deadline time.Time) error {
+	rem := deadline.Sub(timeNow())
+	if rem <= 0 {
+		return ErrTimeout
+	}
+	return doSleep(ctx, min(rem, l.poll))
 }
 
 func (l *busLink) wake(ctx context.Context) error {
@@ -176,14 +295,14 @@ func (l *busLink) wake(ctx context.Context) error {
 	// Discard what the chip had ready (a late response, say). Two frames
 	// at most: an ACK and a response.
 	for range 2 {
-		ok, err := l.ready()
+		ok, err := l.ready(ctx)
 		if err != nil {
 			return err
 		}
 		if !ok {
 			return nil
 		}
-		if _, err := l.io.read(l.buf[:]); err != nil {
+		if err := l.retry(ctx, func() error { _, err := l.io.read(l.buf[:]); return err }); err != nil {
 			return err
 		}
 	}
@@ -200,6 +319,8 @@ type i2cIO struct {
 func (c *i2cIO) String() string { return c.d.String() }
 
 func (c *i2cIO) write(f []byte) error { return c.d.Tx(f, nil) }
+
+func (c *i2cIO) statusInRead() bool { return true }
 
 func (c *i2cIO) status() (bool, error) {
 	if err := c.d.Tx(nil, c.st[:]); err != nil {
@@ -238,6 +359,8 @@ type spiIO struct {
 
 func (c *spiIO) String() string { return c.c.String() }
 
+func (c *spiIO) statusInRead() bool { return false }
+
 func (c *spiIO) write(f []byte) error {
 	n := 1 + len(f)
 	w, r := c.w[:n], c.r[:n]
@@ -265,10 +388,14 @@ func (c *spiIO) read(out []byte) (bool, error) {
 	if err := c.c.Tx(w, r); err != nil {
 		return false, err
 	}
+	ready := false
 	for i := range out {
 		out[i] = bits.Reverse8(r[1+i])
+		ready = ready || out[i] != 0
 	}
-	return true, nil
+	// A chip with nothing to send clocks out zeros: that is no frame (every
+	// frame has its start code 00 FF), and no reason to NACK.
+	return ready, nil
 }
 
 // wakePreamble wakes a PN532 on HSU from power-down (or from its low-power
@@ -312,6 +439,8 @@ func (l *uartLink) String() string {
 
 func (l *uartLink) wakeMask() byte { return 0x10 }
 
+func (l *uartLink) setNote(func(error)) {}
+
 func (l *uartLink) send(_ context.Context, f []byte) error {
 	for len(f) > 0 {
 		n, err := l.rw.Write(f)
@@ -352,7 +481,7 @@ func (l *uartLink) wake(ctx context.Context) error {
 	return nil
 }
 
-func (l *uartLink) recv(ctx context.Context, deadline time.Time, _ int, _ bool) ([]byte, error) {
+func (l *uartLink) recv(ctx context.Context, deadline time.Time, _ int) ([]byte, error) {
 	for {
 		if b, ok := l.take(); ok {
 			return b, nil
@@ -369,36 +498,20 @@ func (l *uartLink) recv(ctx context.Context, deadline time.Time, _ int, _ bool) 
 	}
 }
 
-// take returns the next frame in the received bytes, or the garbage before
-// it as one piece (which the caller's decoder rejects), and false when more
-// bytes are needed.
+// take returns the next frame in the received bytes, with whatever came
+// before it (noise, which the caller notices), and false when more bytes are
+// needed. A frame whose header checks is returned even when its data does not
+// (the caller asks for it again); bytes without such a header wait for the
+// frame after them, within the bounds fill keeps.
 func (l *uartLink) take() ([]byte, bool) {
 	if len(l.in) == 0 {
 		return nil, false
 	}
-	size, err := frameSize(l.in)
-	switch {
-	case err == nil && size <= len(l.in):
-		return l.consume(size), true
-	case err == nil || errors.Is(err, errShortFrame):
+	sc := scanFrame(l.in)
+	if !sc.found || errors.Is(sc.err, errShortFrame) {
 		return nil, false
 	}
-	// Not a frame start (or a bad length checksum): return everything up
-	// to the next possible start code.
-	k := len(l.in)
-	for i := 1; i+1 < len(l.in); i++ {
-		if l.in[i] == 0x00 && l.in[i+1] == 0xFF {
-			k = i
-			break
-		}
-	}
-	if k == len(l.in) && l.in[k-1] == 0x00 {
-		k-- // may be the start of a start code
-		if k == 0 {
-			return nil, false
-		}
-	}
-	return l.consume(k), true
+	return l.consume(sc.end), true
 }
 
 func (l *uartLink) consume(n int) []byte {

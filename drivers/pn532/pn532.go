@@ -38,12 +38,15 @@ const (
 
 // Driver behaviour.
 const (
-	readAhead       = 64 // bytes read for a response of unknown size
-	maxResend       = 3  // NACKs sent for one response; sends of a command the chip NACKs
-	recoverAfter    = 3  // consecutive failed commands before Recover runs
+	readAhead       = 64  // bytes read for an InDataExchange answer of unknown size
+	listAhead       = 32  // bytes read for an InListPassiveTarget answer: a target with a 4-byte UID and a 13-byte ATS, or a 7-byte UID and a 10-byte ATS
+	maxSizes        = 256 // response sizes remembered
+	maxResend       = 3   // NACKs sent for one response; sends of a command the chip NACKs
+	recoverAfter    = 3   // consecutive failed commands before Recover runs
 	recentWindow    = time.Minute
 	downRetry       = time.Second // between recovery attempts while down
 	listRetryBudget = 100 * time.Millisecond
+	ackWait         = 100 * time.Millisecond // for the ACK, before the command is sent again (the chip ACKs within a few ms)
 	resetPulse      = 20 * time.Millisecond
 	resetBoot       = 50 * time.Millisecond
 	forever         = 1000 * time.Hour
@@ -71,17 +74,19 @@ type Opts struct {
 	// Reset is the chip's RSTPDN line (active low), optional. When set,
 	// Recover pulses it to reset the chip before re-initialising it.
 	Reset gpio.PinOut
-	// Timeout bounds each command: the acknowledgement and the answer
-	// each have to come within it. InListPassiveTarget allows its answer
-	// Timeout plus 100 ms per passive activation retry, and waits until
-	// its context ends when MaxRetries is 0xFF. Default 1 s.
+	// Timeout bounds the wait for each answer. The acknowledgement has
+	// to come within 100 ms (or Timeout, if shorter) of the command, which
+	// is otherwise sent again, three times at most. InListPassiveTarget
+	// allows its answer Timeout plus 100 ms per passive activation retry,
+	// and waits until its context ends when MaxRetries is 0xFF. Default
+	// 1 s.
 	Timeout time.Duration
 	// PollInterval is the pause between status polls when IRQ is not
-	// wired, and between reads of a UART that returns at once with no
-	// bytes. Each poll is a short bus transaction (on a 100 kHz I²C bus
-	// about 0.2 ms, so 4% of the bus while a command is pending with the
-	// default 5 ms); the interval is also the latency it may add to each
-	// command. Default 5 ms.
+	// wired, between reads that find the chip not ready, and between reads
+	// of a UART that returns at once with no bytes. Each poll is a short
+	// bus transaction (on a 100 kHz I²C bus about 0.2 ms, so 4% of the bus
+	// while a command is pending with the default 5 ms); the interval is
+	// also the latency it may add to each command. Default 5 ms.
 	PollInterval time.Duration
 	// MaxRetries is MxRtyPassiveActivation (RFConfiguration item 0x05):
 	// how many times InListPassiveTarget retries the activation before it
@@ -175,15 +180,16 @@ type Dev struct {
 	link link
 	log  *slog.Logger
 
-	mu          sync.Mutex // serialises everything below and the chip I/O
-	retries     [3]byte    // RFConfiguration item 0x05: ATR, PSL, passive activation
-	asleep      bool       // after PowerDown: wake up and re-initialise first
-	needInit    bool       // after Halt: re-initialise first
-	consecutive int        // consecutive commands that failed on the link
-	nextTry     time.Time  // while down: no recovery attempt before
-	data        []byte     // command code and parameters of the frame being sent
-	wframe      []byte     // frame being sent
-	params      []byte     // InDataExchange parameters
+	mu          sync.Mutex     // serialises everything below and the chip I/O
+	retries     [3]byte        // RFConfiguration item 0x05: ATR, PSL, passive activation
+	asleep      bool           // after PowerDown: wake up and re-initialise first
+	needInit    bool           // after Halt: re-initialise first
+	consecutive int            // consecutive commands that failed on the link
+	nextTry     time.Time      // while down: no recovery attempt before
+	data        []byte         // command code and parameters of the frame being sent
+	wframe      []byte         // frame being sent
+	params      []byte         // InDataExchange parameters
+	sizes       map[uint64]int // size of the last answer, by command and first parameters (sizeKey)
 
 	cmu    sync.Mutex
 	cancel context.CancelCauseFunc // of the command running, for Halt
@@ -265,7 +271,9 @@ func newDev(l link, o Opts) (*Dev, error) {
 		data:    make([]byte, 0, maxLen),
 		wframe:  make([]byte, 0, maxFrameSize),
 		params:  make([]byte, 0, 1+maxDataOut),
+		sizes:   make(map[uint64]int),
 	}
+	l.setNote(d.note)
 	if o.IRQ != nil {
 		if err := o.IRQ.In(gpio.PullUp, gpio.FallingEdge); err != nil {
 			return nil, fmt.Errorf("pn532: IRQ pin %s: %w", o.IRQ, err)
@@ -302,6 +310,8 @@ var (
 	errNotPN532 = errors.New("pn532: the chip is not a PN532")
 	errNoACK    = fmt.Errorf("%w (no acknowledgement)", ErrTimeout)
 	errNoAnswer = fmt.Errorf("%w (no answer)", ErrTimeout)
+	errACKLost  = fmt.Errorf("%w: the answer came where the ACK was expected (ACK lost or garbled)", ErrFrame)
+	errNoise    = fmt.Errorf("%w: noise before the start code", ErrFrame)
 )
 
 // String returns e.g. "PN532{playback(36)}".
@@ -386,7 +396,7 @@ func (d *Dev) InListPassiveTarget(ctx context.Context) (*Target, error) {
 		if p := d.retries[2]; p != 0xFF {
 			wait = d.opts.Timeout + time.Duration(p)*listRetryBudget
 		}
-		resp, err := d.exchange(ctx, cmdInListPassiveTarget, []byte{0x01, 0x00}, readAhead, wait)
+		resp, err := d.exchange(ctx, cmdInListPassiveTarget, []byte{0x01, 0x00}, listAhead, wait)
 		if err != nil {
 			return err
 		}
@@ -738,83 +748,187 @@ func (d *Dev) rfConfiguration(ctx context.Context, item byte, data []byte) error
 
 // exchange sends one command frame, waits for its acknowledgement and returns
 // the parameters of its response (after the response code). The result
-// aliases the link's buffer. Anomalies are counted; frames the chip garbled
-// are asked for again with a NACK; a command the chip refused with a NACK is
-// sent again.
+// aliases the link's buffer. Anomalies are counted, and recovered from where
+// one transient fault explains them:
+//
+//   - no ACK within ackWait: the chip did not get the command (it was
+//     asleep, or the frame was damaged on the way and failed its checksum):
+//     resynchronise (an ACK frame aborts whatever the chip was doing) and
+//     send the command again;
+//   - a NACK instead of the ACK: the chip asks for the command again;
+//   - the response where the ACK was expected: the ACK was lost; the link
+//     fetches a response its read cut short again;
+//   - anything else unreadable where the ACK was expected: most likely the
+//     ACK, garbled. The chip has the command, and resending it could run
+//     it twice: wait for the answer;
+//   - a damaged response, or one a failed read took: ask for it again with
+//     a NACK;
+//   - noise before a frame: skipped.
 func (d *Dev) exchange(ctx context.Context, cmd byte, params []byte, hint int, respTimeout time.Duration) ([]byte, error) {
 	d.data = append(append(d.data[:0], cmd), params...)
+	key := sizeKey(cmd, params)
+	if n, ok := d.sizes[key]; ok {
+		hint = n
+	}
 	var err error
 	if d.wframe, err = appendFrame(d.wframe[:0], tfiHost, d.data); err != nil {
 		return nil, err
 	}
-	for try := 1; ; try++ {
-		if err := d.link.send(ctx, d.wframe); err != nil {
-			return nil, d.linkErr(ctx, err)
-		}
-		b, err := d.link.recv(ctx, timeNow().Add(d.opts.Timeout), len(ackFrame), true)
-		if errors.Is(err, ErrTimeout) {
-			err = errNoACK
-		}
-		if err != nil {
-			return nil, d.linkErr(ctx, err)
-		}
-		f, _, err := decodeFrame(b)
-		if err == nil && f.kind == kindNACK {
-			d.note(ErrNACK)
-			if try < maxResend {
-				continue
+	var (
+		sends, nacks int
+		resend       = true
+		acked        bool
+		deadline     time.Time
+		lastErr      error // why the command is sent again
+	)
+	answer := func() { acked, deadline = true, timeNow().Add(respTimeout) }
+	for {
+		if resend {
+			if sends == maxResend {
+				return nil, lastErr // counted already
 			}
-			return nil, ErrNACK
+			if errors.Is(lastErr, errNoACK) {
+				if err := d.link.wake(ctx); err != nil {
+					return nil, d.linkErr(ctx, err)
+				}
+			}
+			if err := d.link.send(ctx, d.wframe); err != nil {
+				return nil, d.linkErr(ctx, err)
+			}
+			sends++
+			resend, acked = false, false
+			deadline = timeNow().Add(min(ackWait, d.opts.Timeout))
 		}
-		if err != nil || f.kind != kindACK {
-			// Probably an ACK garbled on the way: the chip has the
-			// command. Resending it could run it twice; wait for the
-			// answer instead.
-			d.note(frameErr(err))
+		n := len(ackFrame)
+		if acked {
+			if !timeNow().Before(deadline) { // stale frames kept coming
+				return nil, d.linkErr(ctx, errNoAnswer)
+			}
+			n = hint
 		}
-		break
-	}
-	deadline := timeNow().Add(respTimeout)
-	for nacks := 0; ; {
-		if !timeNow().Before(deadline) { // stale frames kept coming
+		b, err := d.link.recv(ctx, deadline, n)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrTimeout) && !acked:
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			d.note(errNoACK)
+			lastErr, resend = errNoACK, true
+			continue
+		case errors.Is(err, ErrTimeout):
 			return nil, d.linkErr(ctx, errNoAnswer)
-		}
-		b, err := d.link.recv(ctx, deadline, hint, false)
-		if errors.Is(err, ErrTimeout) {
-			err = errNoAnswer
-		}
-		if err != nil {
+		case errors.Is(err, errFrameLost) && !acked:
+			answer() // the ACK, most likely (the bus error is counted)
+			continue
+		case errors.Is(err, errFrameLost):
+			if nacks == maxResend {
+				return nil, d.linkErr(ctx, err)
+			}
+			nacks++
+			if err := d.link.send(ctx, nackFrame); err != nil {
+				return nil, d.linkErr(ctx, err)
+			}
+			continue
+		default:
 			return nil, d.linkErr(ctx, err)
 		}
-		f, _, err := decodeFrame(b)
-		if err == nil {
+		sc := scanFrame(b)
+		if sc.err == nil {
+			f := sc.f
 			switch {
-			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0 && f.data[0] == cmd+1:
-				return f.data[1:], nil
+			case f.kind == kindACK:
+				if sc.noise {
+					d.note(errNoise)
+				}
+				if !acked {
+					answer()
+				}
+				// Else the ACK, late: the answer follows.
+				continue
+			case f.kind == kindNACK && !acked:
+				d.note(ErrNACK)
+				lastErr, resend = ErrNACK, true
+				continue
 			case f.kind == kindError:
+				d.noteOnce(acked, sc.noise)
 				d.note(ErrSyntax)
 				return nil, ErrSyntax
-			case f.kind == kindACK:
-				// The ACK, late (on UART, after noise the ACK phase
-				// took for a garbled ACK): the answer follows.
-				continue
+			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0 && f.data[0] == cmd+1:
+				d.noteOnce(acked, sc.noise)
+				d.learn(key, cmd, f.data, sc.size)
+				return f.data[1:], nil
 			case f.kind == kindInfo && f.tfi == tfiChip && len(f.data) > 0:
 				// The late answer to an earlier command: drop it.
 				d.note(fmt.Errorf("%w: stale response 0x%02X to command 0x%02X", ErrFrame, f.data[0], cmd))
 				continue
 			}
-			err = ErrFrame
+			sc.err = ErrFrame // not a frame the chip answers with
 		}
-		err = frameErr(err)
-		d.note(err)
+		err = frameErr(sc.err)
+		if !acked && !(sc.found && (sc.f.kind == kindInfo || sc.f.kind == kindError)) {
+			// Not the header of an answer: most likely the ACK,
+			// garbled. The chip has the command; resending it could
+			// run it twice: wait for the answer instead.
+			d.note(err)
+			answer()
+			continue
+		}
+		// A damaged answer, also where the ACK was expected: then the ACK
+		// was lost, and the answer may just be cut short by a read sized
+		// for the ACK.
+		if acked || !errors.Is(sc.err, errShortFrame) {
+			d.note(err)
+		}
+		if !acked {
+			d.note(errACKLost)
+			answer()
+		}
 		if nacks == maxResend {
 			return nil, err
 		}
 		nacks++
-		if serr := d.link.send(ctx, nackFrame); serr != nil {
-			return nil, d.linkErr(ctx, serr)
+		if err := d.link.send(ctx, nackFrame); err != nil {
+			return nil, d.linkErr(ctx, err)
 		}
 	}
+}
+
+// noteOnce counts the anomaly of an answer that came whole: it came where
+// the ACK was expected (the ACK was lost), or behind noise.
+func (d *Dev) noteOnce(acked, noise bool) {
+	switch {
+	case !acked:
+		d.note(errACKLost)
+	case noise:
+		d.note(errNoise)
+	}
+}
+
+// sizeKey identifies a kind of command for the size of its answer: the
+// command code and its first six parameter bytes (for InDataExchange: Tg and
+// the APDU's CLA, INS, P1, P2 and Lc).
+func sizeKey(cmd byte, params []byte) uint64 {
+	n := min(len(params), 6)
+	k := uint64(n)<<56 | uint64(cmd)
+	for i, b := range params[:n] {
+		k |= uint64(b) << (8 * (i + 1))
+	}
+	return k
+}
+
+// learn remembers the size of an answer, so that the next answer to the same
+// kind of command is read in one transaction. An empty field does not count for
+// InListPassiveTarget: its answer fits any read, and the next poll is read for
+// a target.
+func (d *Dev) learn(key uint64, cmd byte, data []byte, size int) {
+	if cmd == cmdInListPassiveTarget && (len(data) < 2 || data[1] == 0) {
+		return
+	}
+	if len(d.sizes) >= maxSizes {
+		clear(d.sizes)
+	}
+	d.sizes[key] = size
 }
 
 func frameErr(err error) error {

@@ -112,6 +112,10 @@ func ird(n int, f []byte) i2ctest.IO {
 	return i2ctest.IO{Addr: addr, R: r}
 }
 
+// inr is a read of n frame bytes that finds the chip not ready: status byte
+// 00, nothing handed over.
+func inr(n int) i2ctest.IO { return i2ctest.IO{Addr: addr, R: make([]byte, 1+n)} }
+
 func ops(groups ...[]i2ctest.IO) []i2ctest.IO {
 	var o []i2ctest.IO
 	for _, g := range groups {
@@ -125,19 +129,13 @@ var initI2C = []i2ctest.IO{
 	iw(fACK),      // wake-up: ACK frame, aborts a command in progress
 	ist(false),    // status: nothing left to discard
 	iw(fSAM),      // SAMConfiguration 01 14 01
-	ist(true),     // status: ready
 	ird(6, fACK),  // ACK
-	ist(true),     // status: ready
 	ird(9, fSAMr), // D5 15
 	iw(fFW),       // GetFirmwareVersion
-	ist(true),     // status: ready
 	ird(6, fACK),  // ACK
-	ist(true),     // status: ready
 	ird(13, fFWr), // D5 03 32 01 06 07: PN532 v1.6
 	iw(fRF),       // RFConfiguration 05 FF 01 02: MaxRetries
-	ist(true),     // status: ready
 	ird(6, fACK),  // ACK
-	ist(true),     // status: ready
 	ird(9, fRFr),  // D5 33
 }
 
@@ -240,27 +238,28 @@ func TestNewI2CNoChip(t *testing.T) {
 	if !strings.Contains(err.Error(), "no PN532 answering on dead(36)") || !strings.Contains(err.Error(), "remote I/O error") {
 		t.Errorf("error %q does not say what is wrong", err)
 	}
-	// Wake-up (its error is expected from a sleeping chip), status;
-	// once more after the reset pulse.
-	if bus.n != 4 {
-		t.Errorf("%d transactions, want 4", bus.n)
+	// Wake-up (its error is expected from a sleeping chip), status, tried
+	// three times in all; once more after the reset pulse.
+	if bus.n != 8 {
+		t.Errorf("%d transactions, want 8", bus.n)
 	}
 	if rst.Read() != gpio.High || rst.pulses != 1 {
 		t.Errorf("reset line %s after %d pulses, want High after 1", rst.Read(), rst.pulses)
 	}
-	// No timeout was waited for: a bus error fails at once.
+	// No timeout was waited for: a bus error fails once it was tried
+	// three times, 1 ms and 5 ms apart.
 	var total time.Duration
 	for _, s := range clk.slept() {
 		total += s
 	}
-	if want := 2*wakeDelay + resetPulse + resetBoot; total != want {
+	if want := 2*(wakeDelay+busRetryDelays[0]+busRetryDelays[1]) + resetPulse + resetBoot; total != want {
 		t.Errorf("slept %v, want %v", total, want)
 	}
 }
 
 func TestNewI2CNotPN532(t *testing.T) {
 	useFakeTime(t)
-	script := append([]i2ctest.IO(nil), initI2C[:11]...)
+	script := append([]i2ctest.IO(nil), initI2C[:7]...)
 	script = append(script, ird(13, tframe(0xD5, 0x03, 0x33, 0x01, 0x06, 0x07))) // IC 0x33
 	bus := &i2ctest.Playback{Ops: script, DontPanic: true}
 	_, err := NewI2C(bus, 0x24, nil)
@@ -274,10 +273,10 @@ func TestGetFirmwareVersion(t *testing.T) {
 	clk := useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fFW),       // 00 00 FF 02 FE D4 02 2A 00
-		ist(false),    // status: busy
+		inr(6),        // read at once: status busy, nothing handed over
 		ist(true),     // status: ready
 		ird(6, fACK),  // 00 00 FF 00 FF 00
-		ist(false),    // status: busy
+		inr(13),       // read at once: busy
 		ist(false),    // status: busy
 		ist(true),     // status: ready
 		ird(13, fFWr), // 00 00 FF 06 FA D5 03 32 01 06 07 E8 00
@@ -291,7 +290,7 @@ func TestGetFirmwareVersion(t *testing.T) {
 	if fw != (Firmware{0x32, 1, 6, 7}) || fw.String() != "PN532 v1.6" {
 		t.Errorf("firmware %+v %q", fw, fw)
 	}
-	// One PollInterval pause per busy status.
+	// One PollInterval pause per busy read or status.
 	if got := clk.slept()[before:]; len(got) != 3 || got[0] != DefaultOpts.PollInterval {
 		t.Errorf("slept %v, want 3 × %v", got, DefaultOpts.PollInterval)
 	}
@@ -301,9 +300,7 @@ func TestSAMConfiguration(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fSAM),      // D4 14 01 14 01
-		ist(true),     // status: ready
 		ird(6, fACK),  // ACK
-		ist(true),     // status: ready
 		ird(9, fSAMr), // D5 15
 	})
 	if err := d.SAMConfiguration(context.Background()); err != nil {
@@ -316,18 +313,14 @@ func TestSetMaxRetries(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fRF5),     // D4 32 05 FF 01 05
-		ist(true),    // status: ready
 		ird(6, fACK), // ACK
-		ist(true),    // status: ready
 		ird(9, fRFr), // D5 33
 		// Recover restores the new value: wake-up, SAM, firmware, RF.
 		iw(fACK), ist(false),
-		iw(fSAM), ist(true), ird(6, fACK), ist(true), ird(9, fSAMr),
-		iw(fFW), ist(true), ird(6, fACK), ist(true), ird(13, fFWr),
+		iw(fSAM), ird(6, fACK), ird(9, fSAMr),
+		iw(fFW), ird(6, fACK), ird(13, fFWr),
 		iw(fRF5),     // D4 32 05 FF 01 05 again
-		ist(true),    // status: ready
 		ird(6, fACK), // ACK
-		ist(true),    // status: ready
 		ird(9, fRFr), // D5 33
 	})
 	ctx := context.Background()
@@ -347,10 +340,9 @@ func TestInListPassiveTarget(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fList),         // D4 4A 01 00: one target, 106 kbps type A
-		ist(true),         // status: ready
 		ird(6, fACK),      // ACK
 		ist(true),         // status: ready
-		ird(64, fListATS), // D5 4B 01 | 01 0044 20 07 <UID> 05 78807002
+		ird(32, fListATS), // D5 4B 01 | 01 0044 20 07 <UID> 05 78807002
 	})
 	tg, err := d.InListPassiveTarget(context.Background())
 	if err != nil {
@@ -379,10 +371,9 @@ func TestInListPassiveTargetNone(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fList),          // D4 4A 01 00
-		ist(true),          // status: ready
 		ird(6, fACK),       // ACK
 		ist(true),          // status: ready
-		ird(64, fListNone), // D5 4B 00: no target
+		ird(32, fListNone), // D5 4B 00: no target
 	})
 	tg, err := d.InListPassiveTarget(context.Background())
 	if tg != nil || err != nil {
@@ -427,7 +418,6 @@ func TestInDataExchangeChainedAnswer(t *testing.T) {
 	f2 := tframe(0xD5, cat([]byte{0x41, 0x00}, part2)...)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(tframe(0xD4, cat([]byte{0x40, 0x01}, selectPPSE)...)), // D4 40 01 <SELECT PPSE>
-		ist(true),                    // status: ready
 		ird(6, fACK),                 // ACK
 		ist(true),                    // status: ready
 		ird(64, f1[:64]),             // first 64 bytes of a 110-byte frame
@@ -435,7 +425,6 @@ func TestInDataExchangeChainedAnswer(t *testing.T) {
 		ist(true),                    // status: ready
 		ird(len(f1), f1),             // D5 41 40 <100 bytes>, whole
 		iw(tframe(0xD4, 0x40, 0x01)), // D4 40 01: the rest, please
-		ist(true),                    // status: ready
 		ird(6, fACK),                 // ACK
 		ist(true),                    // status: ready
 		ird(64, f2),                  // D5 41 00 <20 bytes> 90 00
@@ -453,6 +442,64 @@ func TestInDataExchangeChainedAnswer(t *testing.T) {
 	}
 }
 
+// TestAnswerSizeLearned checks that answers are read in one transaction once
+// their size is known: the second answer to the same kind of command is not
+// read twice, and idle polls are read for a target.
+func TestAnswerSizeLearned(t *testing.T) {
+	useFakeTime(t)
+	answer := append(seq(100, 0x10), 0x90, 0x00)
+	f := tframe(0xD5, cat([]byte{0x41, 0x00}, answer)...) // 111 bytes
+	cmd := iw(tframe(0xD4, cat([]byte{0x40, 0x01}, selectPPSE)...))
+	d, bus := newPlayback(t, nil, []i2ctest.IO{
+		cmd,                // D4 40 01 <SELECT PPSE>
+		ird(6, fACK),       // ACK
+		ist(true),          // status: ready
+		ird(64, f[:64]),    // unknown size: 64 bytes of a 111-byte frame
+		iw(fNACK),          // NACK: send that frame again
+		ist(true),          // status: ready
+		ird(len(f), f),     // whole
+		cmd,                // the same command again
+		ird(6, fACK),       // ACK
+		ist(true),          // status: ready
+		ird(len(f), f),     // read whole at once
+		iw(fList),          // InListPassiveTarget
+		ird(6, fACK),       // ACK
+		ist(true),          // status: ready
+		ird(32, fListATS),  // read for a target: 27-byte answer
+		iw(fRel),           // InRelease 1
+		ird(6, fACK),       // ACK
+		ird(10, fRelr),     // D5 53 00
+		iw(fList),          // InListPassiveTarget
+		ird(6, fACK),       // ACK
+		ist(true),          // status: ready
+		ird(27, fListNone), // read for a target like the last one; the field is empty
+		iw(fList),          // InListPassiveTarget
+		ird(6, fACK),       // ACK
+		ist(true),          // status: ready
+		ird(27, fListNone), // an empty field changes nothing
+	})
+	ctx := context.Background()
+	for i := range 2 {
+		got, err := d.InDataExchange(ctx, 1, selectPPSE)
+		if err != nil || !bytes.Equal(got, answer) {
+			t.Fatalf("exchange %d: % X, %v", i, got, err)
+		}
+	}
+	tg, err := d.InListPassiveTarget(ctx)
+	if err != nil || tg == nil {
+		t.Fatalf("InListPassiveTarget = %v, %v", tg, err)
+	}
+	if err := d.InRelease(ctx, tg.Tg); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if tg, err := d.InListPassiveTarget(ctx); tg != nil || err != nil {
+			t.Fatalf("InListPassiveTarget = %v, %v", tg, err)
+		}
+	}
+	closePlayback(t, bus)
+}
+
 func TestInDataExchangeChainedCommand(t *testing.T) {
 	useFakeTime(t)
 	apdu := cat([]byte{0x00, 0xD6, 0x00, 0x00, 0x00, 0x01, 0x27}, seq(295, 0)) // 302 bytes
@@ -462,12 +509,10 @@ func TestInDataExchangeChainedCommand(t *testing.T) {
 	}
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(first),                         // 00 00 FF FF FF 01 09 F6 D4 40 41 <262 bytes>: extended frame
-		ist(true),                         // status: ready
 		ird(6, fACK),                      // ACK
 		ist(true),                         // status: ready
 		ird(64, tframe(0xD5, 0x41, 0x00)), // D5 41 00: go on
 		iw(tframe(0xD4, cat([]byte{0x40, 0x01}, apdu[262:])...)), // D4 40 01 <40 bytes>
-		ist(true),    // status: ready
 		ird(6, fACK), // ACK
 		ist(true),    // status: ready
 		ird(64, tframe(0xD5, 0x41, 0x00, 0x90, 0x00)), // D5 41 00 90 00
@@ -486,7 +531,6 @@ func TestInDataExchangeCardGone(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(tframe(0xD4, cat([]byte{0x40, 0x01}, selectPPSE)...)), // D4 40 01 <SELECT PPSE>
-		ist(true),           // status: ready
 		ird(6, fACK),        // ACK
 		ist(true),           // status: ready
 		ird(64, fDXTimeout), // D5 41 01: the card did not answer
@@ -513,9 +557,7 @@ func TestInRelease(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fRel),       // D4 52 01
-		ist(true),      // status: ready
 		ird(6, fACK),   // ACK
-		ist(true),      // status: ready
 		ird(10, fRelr), // D5 53 00
 	})
 	if err := d.InRelease(context.Background(), 1); err != nil {
@@ -528,12 +570,9 @@ func TestNACKThenResend(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fFW),       // GetFirmwareVersion
-		ist(true),     // status: ready
 		ird(6, fNACK), // NACK: the chip wants the command again
 		iw(fFW),       // GetFirmwareVersion, again
-		ist(true),     // status: ready
 		ird(6, fACK),  // ACK
-		ist(true),     // status: ready
 		ird(13, fFWr), // D5 03 32 01 06 07
 	})
 	if _, err := d.GetFirmwareVersion(context.Background()); err != nil {
@@ -551,12 +590,9 @@ func TestChecksumThenNACK(t *testing.T) {
 	bad[11] ^= 0x01 // DCS
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fFW),       // GetFirmwareVersion
-		ist(true),     // status: ready
 		ird(6, fACK),  // ACK
-		ist(true),     // status: ready
 		ird(13, bad),  // D5 03 32 01 06 07 with a wrong DCS
 		iw(fNACK),     // NACK: send it again
-		ist(true),     // status: ready
 		ird(13, fFWr), // D5 03 32 01 06 07
 	})
 	if _, err := d.GetFirmwareVersion(context.Background()); err != nil {
@@ -577,13 +613,12 @@ func TestGarbageThenNACK(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fList),    // InListPassiveTarget
-		ist(true),    // status: ready
 		ird(6, fACK), // ACK
 		ist(true),    // status: ready
-		ird(64, []byte{0xA5, 0x5A, 0xFF, 0x13, 0x37, 0xC3}), // noise
+		ird(32, []byte{0xA5, 0x5A, 0xFF, 0x13, 0x37, 0xC3}), // noise
 		iw(fNACK),          // NACK: send it again
 		ist(true),          // status: ready
-		ird(64, fListNone), // D5 4B 00
+		ird(32, fListNone), // D5 4B 00
 	})
 	tg, err := d.InListPassiveTarget(context.Background())
 	if tg != nil || err != nil {
@@ -599,9 +634,7 @@ func TestSyntaxErrorFrame(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(tframe(0xD4, 0x32, 0x05, 0xFF)), // RFConfiguration with a missing byte
-		ist(true),                          // status: ready
 		ird(6, fACK),                       // ACK
-		ist(true),                          // status: ready
 		ird(9, []byte{0x00, 0x00, 0xFF, 0x01, 0xFF, 0x7F, 0x81, 0x00}), // error frame
 	})
 	err := d.RFConfiguration(context.Background(), 0x05, []byte{0xFF})
@@ -618,12 +651,13 @@ func TestTimeoutThenRecover(t *testing.T) {
 	opts.Timeout = 10 * time.Millisecond
 	opts.Reset = rst
 	d, bus := newPlayback(t, &opts, []i2ctest.IO{
-		iw(fFW),    // GetFirmwareVersion
-		ist(false), // t=0: busy
-		ist(false), // t=5ms: busy
-		ist(false), // t=10ms: busy; timeout
-		iw(fACK),   // resync: ACK aborts the command
-		ist(false), // status: nothing to discard
+		iw(fFW),      // GetFirmwareVersion
+		ird(6, fACK), // ACK
+		inr(13),      // t=0: the answer, read at once: busy
+		ist(false),   // t=5ms: busy
+		ist(false),   // t=10ms: busy; timeout
+		iw(fACK),     // resync: ACK aborts the command
+		ist(false),   // status: nothing to discard
 	}, initI2C) // Recover: reset pulse, then initialisation
 	_, err := d.GetFirmwareVersion(context.Background())
 	if !errors.Is(err, ErrTimeout) {
@@ -648,16 +682,12 @@ func TestPowerDownThenWake(t *testing.T) {
 	useFakeTime(t)
 	d, bus := newPlayback(t, nil, []i2ctest.IO{
 		iw(fPD),       // PowerDown, wake-up on I²C
-		ist(true),     // status: ready
 		ird(6, fACK),  // ACK
-		ist(true),     // status: ready
 		ird(10, fPDr), // D5 17 00
 	}, initI2C, // the next command wakes the chip and initialises it again
 		[]i2ctest.IO{
 			iw(fFW),       // GetFirmwareVersion
-			ist(true),     // status: ready
 			ird(6, fACK),  // ACK
-			ist(true),     // status: ready
 			ird(13, fFWr), // D5 03 32 01 06 07
 		})
 	ctx := context.Background()
@@ -679,17 +709,14 @@ func TestHalt(t *testing.T) {
 		iw(fACK),     // ACK: abort whatever runs
 		ist(false),   // status: nothing to discard
 		iw(fRFOff),   // RFConfiguration 01 00: field off
-		ist(true),    // status: ready
 		ird(6, fACK), // ACK
-		ist(true),    // status: ready
 		ird(9, fRFr), // D5 33
 	}, initI2C, // the next command initialises the chip again
 		[]i2ctest.IO{
 			iw(fList),          // InListPassiveTarget
-			ist(true),          // status: ready
 			ird(6, fACK),       // ACK
 			ist(true),          // status: ready
-			ird(64, fListNone), // D5 4B 00
+			ird(32, fListNone), // D5 4B 00
 		})
 	if err := d.Halt(); err != nil {
 		t.Fatal(err)
@@ -903,10 +930,10 @@ func TestSPIChecksumRecovery(t *testing.T) {
 		sst(true),         // ready
 		srd(6, fACK),      // ACK
 		sst(true),         // ready
-		srd(64, bad),      // target data with a wrong LCS
+		srd(32, bad),      // target data with a wrong LCS
 		sw(fNACK),         // NACK: again
 		sst(true),         // ready
-		srd(64, fListATS), // target data
+		srd(32, fListATS), // target data
 		sw(fRel),          // InRelease 1
 		sst(true),         // ready
 		srd(6, fACK),      // ACK

@@ -305,10 +305,15 @@ func TestSimFaults(t *testing.T) {
 					t.Errorf("%v ×%d not counted", f.Kind, f.Count)
 				}
 			}
-			// A lost command times out; the next one works.
+			// A lost command is sent again.
 			chip.Inject(pn532sim.Fault{Kind: pn532sim.NoResponse, Count: 1})
-			if _, err := d.GetFirmwareVersion(ctx); !errors.Is(err, ErrTimeout) {
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
 				t.Fatalf("lost command: %v", err)
+			}
+			// Lost every time: it times out; the next one works.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.NoResponse, Count: maxResend})
+			if _, err := d.GetFirmwareVersion(ctx); !errors.Is(err, ErrTimeout) {
+				t.Fatalf("lost commands: %v", err)
 			}
 			if _, err := d.GetFirmwareVersion(ctx); err != nil {
 				t.Fatal(err)
@@ -322,13 +327,79 @@ func TestSimFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := d.Health()
-			if h.State != "degraded" || h.Timeouts != 1 || h.Checksum < 4 || h.Resets != 1 {
+			if h.State != "degraded" || h.Timeouts != 1+maxResend || h.Checksum < 4 || h.Resets != 1 {
 				t.Errorf("Health() = %+v", h)
 			}
 			// The card is still there, detected again after the re-initialisation.
 			tg, err = d.InListPassiveTarget(ctx)
 			if err != nil || tg == nil {
 				t.Fatalf("after Recover: %v, %v", tg, err)
+			}
+		})
+	}
+}
+
+// transientFaults are the single faults a command rides out.
+var transientFaults = []pn532sim.Fault{
+	{Kind: pn532sim.Garbage, Count: 1}, // the ACK, garbled
+	{Kind: pn532sim.LostACK, Count: 1},
+	{Kind: pn532sim.BadChecksum, Count: 1},
+	{Kind: pn532sim.NACK, Count: 1},
+	{Kind: pn532sim.NoResponse, Count: 1}, // a lost command
+	{Kind: pn532sim.BusError, Count: 1},
+	{Kind: pn532sim.Noise, Count: 2}, // the ACK and the answer
+	{Kind: pn532sim.ExtraPreamble, Count: 2},
+	{Kind: pn532sim.NotReady, Count: 2},
+	{Kind: pn532sim.Doze},
+	{Kind: pn532sim.BrokenRead, Count: 1},
+}
+
+// TestSimTransientFaults injects each transient fault into the emulated chip,
+// before a command and while the card computes its answer, on every bus: the
+// exchange succeeds, and the fault is counted.
+func TestSimTransientFaults(t *testing.T) {
+	for _, cfg := range simConfigs {
+		t.Run(cfg.name, func(t *testing.T) {
+			chip, d := newSim(t, cfg, nil, nil)
+			ctx := context.Background()
+			var during *pn532sim.Fault
+			card := newTestCard(6)
+			card.transmit = func(apdu []byte) ([]byte, error) {
+				if during != nil {
+					chip.Inject(*during)
+					during = nil
+				}
+				return append(pattern(300), 0x90, 0x00), nil
+			}
+			chip.Hold(card)
+			tg, err := d.InListPassiveTarget(ctx)
+			if err != nil || tg == nil {
+				t.Fatalf("InListPassiveTarget = %v, %v", tg, err)
+			}
+			for _, f := range transientFaults {
+				for _, when := range []string{"before", "during"} {
+					before := d.Health().Errors
+					if when == "before" {
+						chip.Inject(f)
+					} else {
+						during = &f
+					}
+					got, err := d.InDataExchange(ctx, tg.Tg, readBinary(300))
+					if err != nil || len(got) != 302 {
+						t.Fatalf("%v ×%d %s the command: %d bytes, %v", f.Kind, f.Count, when, len(got), err)
+					}
+					// Not counted: reads that find the chip not ready, an
+					// extra preamble byte, and on SPI a doze that only cost
+					// a status poll or read (it reads as not ready).
+					quiet := f.Kind == pn532sim.NotReady || f.Kind == pn532sim.ExtraPreamble ||
+						f.Kind == pn532sim.Doze && cfg.spi && when == "during"
+					if d.Health().Errors == before && !quiet {
+						t.Errorf("%v ×%d %s the command: not counted", f.Kind, f.Count, when)
+					}
+				}
+			}
+			if h := d.Health(); h.Resets != 0 || h.State != "degraded" {
+				t.Errorf("Health() = %+v, want degraded without a reset", h)
 			}
 		})
 	}
@@ -413,17 +484,27 @@ func TestSimDownAndBack(t *testing.T) {
 }
 
 func TestSimBusErrors(t *testing.T) {
-	chip, d := newSim(t, simConfigs[0], nil, nil)
-	ctx := context.Background()
-	chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: 1})
-	if _, err := d.GetFirmwareVersion(ctx); err == nil {
-		t.Fatal("bus error not reported")
-	}
-	if _, err := d.GetFirmwareVersion(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if h := d.Health(); h.Errors != 1 || h.State != "degraded" {
-		t.Errorf("Health() = %+v", h)
+	for _, cfg := range simConfigs {
+		t.Run(cfg.name, func(t *testing.T) {
+			chip, d := newSim(t, cfg, nil, nil)
+			ctx := context.Background()
+			// One failed transaction is tried again.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: 1})
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
+				t.Fatalf("one bus error: %v", err)
+			}
+			if h := d.Health(); h.Errors != 1 || h.State != "degraded" {
+				t.Errorf("Health() = %+v", h)
+			}
+			// A bus that keeps failing fails the command.
+			chip.Inject(pn532sim.Fault{Kind: pn532sim.BusError, Count: busTries})
+			if _, err := d.GetFirmwareVersion(ctx); err == nil {
+				t.Fatal("bus errors not reported")
+			}
+			if _, err := d.GetFirmwareVersion(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

@@ -23,9 +23,12 @@ type fakeUART struct {
 	steps   []uartStep
 	pending []byte
 	reads   [][]byte
+	// written and delivered count the bytes that went each way.
+	written, delivered int
 }
 
 func (f *fakeUART) Write(b []byte) (int, error) {
+	f.written += len(b)
 	f.pending = append(f.pending, b...)
 	for len(f.steps) > 0 && len(f.pending) >= len(f.steps[0].w) {
 		st := f.steps[0]
@@ -49,6 +52,7 @@ func (f *fakeUART) Read(b []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n := copy(b, f.reads[0])
+	f.delivered += n
 	if n < len(f.reads[0]) {
 		f.reads[0] = f.reads[0][n:]
 	} else {
@@ -149,9 +153,15 @@ func TestUARTTimeoutThenResync(t *testing.T) {
 	opts := DefaultOpts
 	opts.Timeout = 50 * time.Millisecond
 	d, port := newUART(t, &opts,
-		uartStep{w: fFW},     // no answer at all
-		uartStep{w: hsuWake}, // resync: wake-up preamble
-		uartStep{w: fACK},    // and ACK to abort
+		uartStep{w: fFW},     // no ACK at all
+		uartStep{w: hsuWake}, // after 50 ms: resync with the wake-up preamble
+		uartStep{w: fACK},    // and an ACK to abort
+		uartStep{w: fFW},     // sent again: no ACK
+		uartStep{w: hsuWake}, // resync
+		uartStep{w: fACK},
+		uartStep{w: fFW},     // the third and last time: no ACK
+		uartStep{w: hsuWake}, // the command failed: resync
+		uartStep{w: fACK},
 		uartStep{w: fFW, r: [][]byte{fACK, fFWr}},
 	)
 	ctx := context.Background()
@@ -159,14 +169,17 @@ func TestUARTTimeoutThenResync(t *testing.T) {
 	if _, err := d.GetFirmwareVersion(ctx); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("GetFirmwareVersion = %v, want ErrTimeout", err)
 	}
-	if waited := clk.Now().Sub(start); waited < opts.Timeout || waited > opts.Timeout+2*wakeDelay+opts.PollInterval {
-		t.Errorf("gave up after %v, want about %v", waited, opts.Timeout)
+	// Three sends, each waited for Timeout (less than ackWait), with
+	// resyncs (two waits for the wake-up each) between and after them.
+	want := 3*opts.Timeout + 3*2*wakeDelay
+	if waited := clk.Now().Sub(start); waited < want || waited > want+3*opts.PollInterval {
+		t.Errorf("gave up after %v, want about %v", waited, want)
 	}
 	if _, err := d.GetFirmwareVersion(ctx); err != nil {
 		t.Fatal(err)
 	}
 	port.done(t)
-	if h := d.Health(); h.Timeouts != 1 || h.State != "degraded" {
+	if h := d.Health(); h.Timeouts != 3 || h.State != "degraded" {
 		t.Errorf("Health() = %+v", h)
 	}
 }

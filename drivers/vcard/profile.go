@@ -9,7 +9,9 @@
 //   - scripted (no kind, or "kind":"scripted"): a card that replays a
 //     transcript of C-APDU/R-APDU pairs taken from a real card;
 //   - plain UID tag ("kind":"uid"): an NTAG/MIFARE-style tag known only by
-//     its UID.
+//     its UID. A transcript with an empty list of APDUs is one too.
+//
+// sak is one byte, in hex ("20") or as a JSON number (32).
 //
 // Card numbers in profiles are simulation data and must be synthetic.
 package vcard
@@ -71,10 +73,12 @@ type Profile struct {
 	UID string `json:"uid,omitempty"`
 	// SAK is the SEL_RES byte as hex: default "00" for UID tags and "20"
 	// (ISO/IEC 14443-4) for scripted cards. Generated EMV cards always use
-	// 20 and take no sak.
+	// 20 and take no sak. In a profile's JSON it may also be a number
+	// (32 for 20); ParseProfile turns it into hex.
 	SAK string `json:"sak,omitempty"`
-	// ATS is the answer to select of a scripted card, hex, starting with
-	// its length byte TL. Default 05 78 80 70 02.
+	// ATS is the answer to select of a scripted card, or of a UID tag with
+	// ISO/IEC 14443-4 (sak bit 0x20), hex, starting with its length byte
+	// TL. Default 05 78 80 70 02.
 	ATS string `json:"ats,omitempty"`
 	// APDUs is the transcript of a scripted card.
 	APDUs []Exchange `json:"apdus,omitempty"`
@@ -109,12 +113,21 @@ var defaultATS = []byte{0x05, 0x78, 0x80, 0x70, 0x02}
 func ParseProfile(b []byte) (*Profile, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var p Profile
-	if err := dec.Decode(&p); err != nil {
+	// As written, sak may be a number: it shadows Profile.SAK.
+	var doc struct {
+		Profile
+		SAK json.RawMessage `json:"sak,omitempty"`
+	}
+	if err := dec.Decode(&doc); err != nil {
 		return nil, fmt.Errorf("vcard: profile: %w", err)
 	}
 	if _, err := dec.Token(); err == nil {
 		return nil, errors.New("vcard: profile: data after the JSON object")
+	}
+	p := doc.Profile
+	var err error
+	if p.SAK, err = sakText(doc.SAK); err != nil {
+		return nil, fmt.Errorf("vcard: profile: %w", err)
 	}
 	if err := p.check(); err != nil {
 		if p.Name != "" && validName(p.Name) {
@@ -123,6 +136,25 @@ func ParseProfile(b []byte) (*Profile, error) {
 		return nil, fmt.Errorf("vcard: profile: %w", err)
 	}
 	return &p, nil
+}
+
+var errSAK = errors.New(`sak must be one byte: hex like "20", or a number like 32`)
+
+// sakText returns the sak of a profile as hex: it is written as a JSON string
+// of hex or as a number from 0 to 255.
+func sakText(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, nil
+	}
+	var n int
+	if err := json.Unmarshal(raw, &n); err != nil || n < 0 || n > 0xFF {
+		return "", errSAK
+	}
+	return fmt.Sprintf("%02X", n), nil
 }
 
 func validName(s string) bool {
@@ -142,8 +174,12 @@ func (p *Profile) check() error {
 	if !validName(p.Name) {
 		return fmt.Errorf("name must be 1 to %d printable characters", maxNameLen)
 	}
-	if p.Kind == "" && len(p.APDUs) > 0 {
+	if p.Kind == "" && p.APDUs != nil {
 		p.Kind = KindScripted
+	}
+	if p.Kind == KindScripted && len(p.APDUs) == 0 {
+		// A transcript without APDUs: a tag known by its UID.
+		p.Kind, p.APDUs = KindUID, nil
 	}
 	switch p.Kind {
 	case KindEMV:
@@ -210,7 +246,7 @@ func (p *Profile) checkEMV() error {
 
 func (p *Profile) checkUID() error {
 	if err := unused("uid", map[string]bool{"pan": p.PAN != "", "psn": p.PSN != "", "expiry": p.Expiry != "",
-		"aid": p.AID != "", "ats": p.ATS != "", "apdus": p.APDUs != nil}); err != nil {
+		"aid": p.AID != "", "apdus": p.APDUs != nil}); err != nil {
 		return err
 	}
 	if p.UID == "" {
@@ -222,7 +258,30 @@ func (p *Profile) checkUID() error {
 	if p.SAK == "" {
 		p.SAK = "00"
 	}
-	return p.checkSAK()
+	if err := p.checkSAK(); err != nil {
+		return err
+	}
+	if p.sak&0x20 == 0 {
+		if p.ATS != "" {
+			return errors.New(`field "ats" is not used by a uid profile without ISO/IEC 14443-4 (sak bit 0x20)`)
+		}
+		return nil
+	}
+	return p.checkATS()
+}
+
+// checkATS decodes the ATS, or takes the default.
+func (p *Profile) checkATS() error {
+	p.ats = defaultATS
+	if p.ATS != "" {
+		ats, err := hex.DecodeString(p.ATS)
+		if err != nil || len(ats) < 1 || int(ats[0]) != len(ats) {
+			return errors.New("ats must be hex starting with its own length (TL)")
+		}
+		p.ATS = strings.ToUpper(p.ATS)
+		p.ats = ats
+	}
+	return nil
 }
 
 func (p *Profile) checkScripted() error {
@@ -242,14 +301,8 @@ func (p *Profile) checkScripted() error {
 	if err := p.checkSAK(); err != nil {
 		return err
 	}
-	p.ats = defaultATS
-	if p.ATS != "" {
-		ats, err := hex.DecodeString(p.ATS)
-		if err != nil || len(ats) < 1 || int(ats[0]) != len(ats) {
-			return errors.New("ats must be hex starting with its own length (TL)")
-		}
-		p.ATS = strings.ToUpper(p.ATS)
-		p.ats = ats
+	if err := p.checkATS(); err != nil {
+		return err
 	}
 	if len(p.APDUs) == 0 || len(p.APDUs) > maxExchanges {
 		return fmt.Errorf("apdus must hold 1 to %d exchanges", maxExchanges)
@@ -295,7 +348,7 @@ func (p *Profile) checkUIDField() error {
 func (p *Profile) checkSAK() error {
 	sak, err := hex.DecodeString(p.SAK)
 	if err != nil || len(sak) != 1 {
-		return errors.New("sak must be one byte of hex")
+		return errSAK
 	}
 	p.SAK = strings.ToUpper(p.SAK)
 	p.sak = sak[0]

@@ -308,7 +308,11 @@ func TestParseProfileErrors(t *testing.T) {
 		"UID missing":     `{"name":"x","kind":"uid"}`,
 		"pan on uid":      `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","pan":"6217000000000014"}`, // synthetic
 		"bad SAK":         `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","sak":"0800"}`,
-		"empty apdus":     `{"name":"x","kind":"scripted","uid":"01020304","apdus":[]}`,
+		"SAK too big":     `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","sak":256}`,
+		"SAK negative":    `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","sak":-1}`,
+		"SAK fraction":    `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","sak":1.5}`,
+		"SAK bool":        `{"name":"x","kind":"uid","uid":"04A1B2C3D4E5F6","sak":true}`,
+		"ATS on a tag":    `{"name":"x","uid":"01020304","ats":"0578807002","apdus":[]}`,
 		"bad command":     `{"name":"x","uid":"01020304","apdus":[{"c":"00A4X","r":"9000"}]}`,
 		"short command":   `{"name":"x","uid":"01020304","apdus":[{"c":"00A404","r":"9000"}]}`,
 		"empty prefix":    `{"name":"x","uid":"01020304","apdus":[{"c":"*","r":"9000"}]}`,
@@ -351,6 +355,65 @@ func TestParseProfileDefaults(t *testing.T) {
 	}
 	if c := p.Card(0); !emv.IsRandomUID(c.UID()) || !bytes.Equal(c.ATS(), defaultATS) {
 		t.Errorf("scripted random card % X % X", c.UID(), c.ATS())
+	}
+}
+
+// TestProfileSAK: sak is one byte, written as hex or as a JSON number.
+func TestProfileSAK(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want byte
+	}{
+		{`{"name":"t","kind":"uid","uid":"04A1B2C3D4E5F6","sak":32}`, 0x20},
+		{`{"name":"t","kind":"uid","uid":"04A1B2C3D4E5F6","sak":8}`, 0x08},
+		{`{"name":"t","kind":"uid","uid":"04A1B2C3D4E5F6","sak":"20"}`, 0x20},
+		{`{"name":"t","kind":"uid","uid":"04A1B2C3D4E5F6","sak":"08"}`, 0x08},
+		{`{"name":"t","uid":"01020304","sak":40,"apdus":[{"c":"00A40400*","r":"6A82"}]}`, 0x28},
+	} {
+		p, err := ParseProfile([]byte(tc.in))
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if c := p.Card(0); c.SelRes() != tc.want || p.SAK != strings.ToUpper(hex.EncodeToString([]byte{tc.want})) {
+			t.Errorf("%s: SAK %q, SEL_RES %02X; want %02X", tc.in, p.SAK, c.SelRes(), tc.want)
+		}
+	}
+}
+
+// TestScriptedTagWithoutAPDUs: a transcript with an empty list of APDUs is a
+// tag known by its UID.
+func TestScriptedTagWithoutAPDUs(t *testing.T) {
+	for _, in := range []string{
+		`{"name":"tag","uid":"04A1B2C3D4E5F6","sak":"00","apdus":[]}`,
+		`{"name":"tag","kind":"scripted","uid":"04A1B2C3D4E5F6","apdus":[]}`,
+		`{"name":"tag","uid":"04A1B2C3D4E5F6","sak":0,"apdus":[]}`,
+	} {
+		p, err := ParseProfile([]byte(in))
+		if err != nil {
+			t.Errorf("%s: %v", in, err)
+			continue
+		}
+		c := p.Card(0)
+		if p.Kind != KindUID || p.SAK != "00" || c.SelRes() != 0x00 || c.ATS() != nil || !bytes.Equal(c.UID(), mustHex("04A1B2C3D4E5F6")) {
+			t.Errorf("%s: %+v, card UID % X SEL_RES %02X ATS % X", in, p, c.UID(), c.SelRes(), c.ATS())
+		}
+		if _, err := c.Transmit([]byte{0x00, 0xA4, 0x04, 0x00}); !errors.Is(err, ErrNotISODEP) {
+			t.Errorf("%s: Transmit = %v, want ErrNotISODEP", in, err)
+		}
+	}
+	// With ISO/IEC 14443-4 it answers every APDU with 6D00 (not an EMV
+	// card: a reader identifies it by its UID).
+	p, err := ParseProfile([]byte(`{"name":"badge","uid":"04A1B2C3D4E5F6","sak":32,"ats":"0678807002AA","apdus":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.Card(0)
+	if r, err := c.Transmit([]byte{0x00, 0xA4, 0x04, 0x00, 0x00}); err != nil || !bytes.Equal(r, []byte{0x6D, 0x00}) {
+		t.Errorf("Transmit = % X, %v; want 6D00", r, err)
+	}
+	if p.Kind != KindUID || c.SelRes() != 0x20 || !bytes.Equal(c.ATS(), mustHex("0678807002AA")) {
+		t.Errorf("%+v, SEL_RES %02X ATS % X", p, c.SelRes(), c.ATS())
 	}
 }
 

@@ -19,7 +19,10 @@
 // card answers after (MxRtyPassiveActivation+1) × Opts.RetryTime, or as soon
 // as a card is presented.
 //
-// Faults (Inject) make the chip misbehave for tests of the driver's recovery.
+// Faults (Inject) make the chip misbehave for tests of the driver's recovery:
+// garbled, lost, damaged or noisy frames, NACKs, lost commands, reads that
+// find the chip not ready or break half-way, bus errors, a dozing chip and a
+// hung one.
 package pn532sim
 
 import (
@@ -105,7 +108,33 @@ const (
 	// Hang makes the chip stop answering until its RSTPDN line is pulsed
 	// (ResetPin). Count is not used.
 	Hang
+	// LostACK makes the chip skip the ACK of the next Count commands: the
+	// response comes where the host expects the ACK.
+	LostACK
+	// Noise puts a burst of line noise (bytes without a start code) before
+	// the next Count frames the chip sends, also those sent again after a
+	// NACK. On I²C and SPI a read sized for the frame then cuts it.
+	Noise
+	// ExtraPreamble puts one more preamble byte (00) before the next Count
+	// frames the chip sends.
+	ExtraPreamble
+	// NotReady makes the next Count reads of a frame find the chip not
+	// ready (I²C status byte 0, SPI all zeros) and take nothing, although
+	// the IRQ line and status polls say a frame is ready: a chip slow to
+	// hand its frame over.
+	NotReady
+	// Doze makes the chip stop listening, as in power-down but keeping its
+	// state, until the next bus transaction wakes it; that transaction is
+	// lost (I²C: not acknowledged; SPI: ignored). Count is not used.
+	Doze
+	// BrokenRead makes the next Count reads of a frame fail with a bus
+	// error after the chip handed the frame over, as a transfer broken
+	// half-way: the frame is gone until a NACK asks for it again.
+	BrokenRead
 )
+
+// noiseBurst is what Noise puts before a frame: no 00 FF start code in it.
+var noiseBurst = []byte{0xA5, 0x5A, 0x13, 0x37, 0xC3}
 
 func (k FaultKind) String() string {
 	switch k {
@@ -121,6 +150,18 @@ func (k FaultKind) String() string {
 		return "BusError"
 	case Hang:
 		return "Hang"
+	case LostACK:
+		return "LostACK"
+	case Noise:
+		return "Noise"
+	case ExtraPreamble:
+		return "ExtraPreamble"
+	case NotReady:
+		return "NotReady"
+	case Doze:
+		return "Doze"
+	case BrokenRead:
+		return "BrokenRead"
 	}
 	return fmt.Sprintf("FaultKind(%d)", int(k))
 }
@@ -293,6 +334,8 @@ func (c *Chip) Inject(f Fault) {
 	switch {
 	case f.Kind == Hang:
 		c.faults[Hang] = 1
+	case f.Kind == Doze:
+		c.asleep = true
 	case f.Count > 0:
 		c.faults[f.Kind] += f.Count
 	}
@@ -459,7 +502,13 @@ func (c *Chip) damage(f []byte, info bool) []byte {
 	if info && c.fault(BadChecksum) {
 		g := append([]byte(nil), f...)
 		g[len(g)-2]++
-		return g
+		f = g
+	}
+	if c.fault(ExtraPreamble) {
+		f = append([]byte{0x00}, f...)
+	}
+	if c.fault(Noise) {
+		f = append(append([]byte(nil), noiseBurst...), f...)
 	}
 	return f
 }
@@ -498,7 +547,9 @@ func (c *Chip) hostWrite(b []byte) {
 			return
 		}
 		c.abort()
-		c.ackOut = c.damage(ackFrame, false)
+		if !c.fault(LostACK) {
+			c.ackOut = c.damage(ackFrame, false)
+		}
 		c.command(data)
 	}
 	c.updateIRQ()
@@ -841,13 +892,17 @@ func (b *i2cBus) Tx(addr uint16, w, r []byte) error {
 		c.hostWrite(w)
 	}
 	if len(r) > 0 {
-		if !c.ready() {
+		if !c.ready() || len(r) > 1 && c.fault(NotReady) {
 			clear(r)
 			return nil
 		}
 		r[0] = 0x01
 		if len(r) > 1 {
 			c.hostRead(r[1:])
+			if c.fault(BrokenRead) {
+				clear(r)
+				return errors.New("pn532sim: bus error during the read (injected)")
+			}
 		}
 	}
 	return nil
@@ -924,8 +979,12 @@ func (s *spiConn) Tx(w, r []byte) error {
 			r[1] = bits.Reverse8(0x01)
 		}
 	case 0x03:
-		if len(r) > 1 && c.ready() {
+		if len(r) > 1 && c.ready() && !c.fault(NotReady) {
 			c.hostRead(r[1:])
+			if c.fault(BrokenRead) {
+				clear(r)
+				return errors.New("pn532sim: bus error during the read (injected)")
+			}
 			for i := 1; i < len(r); i++ {
 				r[i] = bits.Reverse8(r[i])
 			}

@@ -262,3 +262,83 @@ func TestResetPin(t *testing.T) {
 		t.Errorf("stats %+v", s)
 	}
 }
+
+func TestFaultKinds(t *testing.T) {
+	t.Run("LostACK", func(t *testing.T) {
+		c := New(nil)
+		h := host{t, c}
+		c.Inject(Fault{Kind: LostACK, Count: 1})
+		h.write(fw)
+		h.read(13, fwr) // no ACK: the answer at once
+		h.write(fw)
+		h.read(6, ack) // the next command is acknowledged
+		h.read(13, fwr)
+	})
+	t.Run("Noise and ExtraPreamble", func(t *testing.T) {
+		c := New(nil)
+		h := host{t, c}
+		c.Inject(Fault{Kind: Noise, Count: 1})
+		c.Inject(Fault{Kind: ExtraPreamble, Count: 2})
+		h.write(fw)
+		h.read(12, append(append([]byte(nil), noiseBurst...), append([]byte{0x00}, ack...)...))
+		h.read(14, append([]byte{0x00}, fwr...))
+		h.write(nack)
+		h.read(13, fwr)
+	})
+	t.Run("NotReady", func(t *testing.T) {
+		c := New(nil)
+		h := host{t, c}
+		c.Inject(Fault{Kind: NotReady, Count: 1})
+		h.write(fw)
+		if h.status() != 0x01 {
+			t.Fatal("status poll not ready")
+		}
+		r := make([]byte, 7)
+		if err := c.I2C().Tx(Address, nil, r); err != nil || r[0] != 0x00 {
+			t.Fatalf("read % X, %v; want not ready", r, err)
+		}
+		h.read(6, ack) // it was kept
+		h.read(13, fwr)
+	})
+	t.Run("BrokenRead", func(t *testing.T) {
+		c := New(nil)
+		h := host{t, c}
+		h.write(fw)
+		h.read(6, ack)
+		c.Inject(Fault{Kind: BrokenRead, Count: 1})
+		if err := c.I2C().Tx(Address, nil, make([]byte, 14)); err == nil {
+			t.Fatal("broken read reported no error")
+		}
+		if h.status() != 0x00 {
+			t.Fatal("the frame is still there after the broken read")
+		}
+		h.write(nack)
+		h.read(13, fwr)
+	})
+	t.Run("Doze", func(t *testing.T) {
+		c := New(nil)
+		h := host{t, c}
+		c.Inject(Fault{Kind: Doze})
+		if err := c.I2C().Tx(Address, fw, nil); err == nil {
+			t.Fatal("a dozing chip acknowledged")
+		}
+		h.write(fw) // awake now
+		h.read(6, ack)
+		h.read(13, fwr)
+		c.Inject(Fault{Kind: Doze})
+		conn, err := c.SPI().Connect(physic.MegaHertz, spi.Mode0, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := []byte{bits.Reverse8(0x01)}
+		for _, b := range fw {
+			w = append(w, bits.Reverse8(b))
+		}
+		if err := conn.Tx(w, make([]byte, len(w))); err != nil {
+			t.Fatal(err)
+		}
+		if h.status() != 0x00 {
+			t.Fatal("a dozing chip took a command over SPI")
+		}
+	})
+}
