@@ -374,9 +374,15 @@ func (r *Reader) normalize(sim bool) error {
 	switch r.Driver {
 	case "":
 		r.Driver = "pn532"
-	case "pn532", "sim", "none":
+	case "pn532", "none":
+	case "sim":
+		if !sim {
+			// The emulated reader takes any card number: with the fleet's card key it would be
+			// an oracle for card tokens.
+			return errors.New(`config: reader.driver "sim": the emulated reader exists only under --sim`)
+		}
 	default:
-		return fmt.Errorf("config: reader.driver %q: want pn532, sim or none", r.Driver)
+		return fmt.Errorf("config: reader.driver %q: want pn532 or none (sim: only with --sim)", r.Driver)
 	}
 	switch r.Bus {
 	case "":

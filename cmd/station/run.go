@@ -13,6 +13,7 @@ import (
 
 	"station.dev/agent/agent"
 	"station.dev/agent/agent/config"
+	"station.dev/agent/agent/localapi"
 	"station.dev/agent/systemd"
 )
 
@@ -117,9 +118,7 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	})
 	go func() { _ = wd.Run(ctx) }()
 
-	a, err := agent.New(agent.Options{
-		Config:    cfg,
-		Logger:    logger,
+	st, err := assemble(cfg, f.apply, agent.Options{
 		Version:   version,
 		Flags:     f.apply,
 		LogLevel:  level,
@@ -127,12 +126,17 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 		Heartbeat: func(name string) func() { return wd.Register(name).Beat },
 		Status:    func(line string) { _ = notifier.Status(line) },
 		OnReady:   func() { _ = notifier.Ready() },
-	})
+	}, logger)
+	if err != nil {
+		return err
+	}
+	defer st.close(logger)
+	ln, err := localapi.Listen(st.cfg.Socket)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = notifier.Stopping() }()
-	if err := a.Run(ctx); errors.Is(err, agent.ErrRestart) {
+	if err := st.agent.Run(ctx, ln); errors.Is(err, agent.ErrRestart) {
 		logger.Info("station agent stopping for a restart")
 		return errRestart
 	} else if err != nil && !errors.Is(err, context.Canceled) {
