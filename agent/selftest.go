@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"station.dev/agent/agent/config"
 	"station.dev/agent/agent/contract"
 )
 
@@ -19,7 +20,7 @@ func (a *Agent) selfTest() contract.SelfTest {
 		add("store", false, err.Error())
 	} else {
 		q := a.Queue()
-		add("store", !q.Full, fmt.Sprintf("%d waiting, %s of %s used", q.Depth, sizeText(q.Bytes), sizeText(q.MaxBytes)))
+		add("store", !q.Full, fmt.Sprintf("%d waiting, %s of %s used", q.Depth, config.Size(q.Bytes).Human(), config.Size(q.MaxBytes).Human()))
 	}
 
 	if ls := a.link.Stats(); ls.Connected {
@@ -103,14 +104,4 @@ func joinDetail(parts ...string) string {
 		out += p
 	}
 	return out
-}
-
-func sizeText(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", n)
 }

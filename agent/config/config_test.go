@@ -123,3 +123,11 @@ func TestLoadAndRoundTrip(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
+
+func TestSizeHuman(t *testing.T) {
+	for n, want := range map[int64]string{0: "0B", 812: "812B", 1536: "1.5KiB", 256 << 20: "256.0MiB", 3 << 30: "3.0GiB"} {
+		if got := Size(n).Human(); got != want {
+			t.Errorf("Size(%d).Human() = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -77,6 +77,21 @@ func (s Size) String() string {
 	return strconv.FormatInt(int64(s), 10)
 }
 
+// Human renders s for people, rounded to one decimal in the largest binary unit it reaches:
+// "1.5MiB", "256.0MiB", "812B".
+func (s Size) Human() string {
+	n := int64(s)
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
 // decodeBase64 accepts standard or URL alphabets, with or without padding.
 func decodeBase64(s string) ([]byte, error) {
 	s = strings.TrimRight(strings.TrimSpace(s), "=")

@@ -177,7 +177,7 @@ func cmdStatus(args []string, stdout, _ io.Writer) error {
 		full = "  FULL: card records refused"
 	}
 	fmt.Fprintf(tw, "queue\t%d waiting\toldest %s, %s of %s%s\n", q.Depth,
-		(time.Duration(q.OldestAgeS * float64(time.Second))).Round(time.Second), bytesText(q.Bytes), bytesText(q.MaxBytes), full)
+		(time.Duration(q.OldestAgeS * float64(time.Second))).Round(time.Second), config.Size(q.Bytes).Human(), config.Size(q.MaxBytes).Human(), full)
 	clock := "synchronised"
 	if !s.ClockSynced {
 		clock = "NOT synchronised (timestamps may be wrong)"
@@ -214,18 +214,6 @@ func onOff(b bool) string {
 	return "off"
 }
 
-func bytesText(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", n)
-}
-
 func cmdQueue(args []string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
 	var f clientFlags
@@ -244,10 +232,10 @@ func cmdQueue(args []string, stdout, _ io.Writer) error {
 	fmt.Fprintln(tw, "STREAM\tWAITING\tBYTES\tOLDEST\tLAST SEQ")
 	for _, name := range []string{"events", "resp", "telemetry"} {
 		s := q.Streams[name]
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", name, s.Depth, bytesText(s.Bytes),
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", name, s.Depth, config.Size(s.Bytes).Human(),
 			(time.Duration(s.OldestAgeS * float64(time.Second))).Round(time.Second), s.LastSeq)
 	}
-	fmt.Fprintf(tw, "total\t%d\t%s of %s\t\t(file %s, refused %d, evicted %d)\n", q.Depth, bytesText(q.Bytes), bytesText(q.MaxBytes), bytesText(q.FileBytes), q.Refused, q.Evicted)
+	fmt.Fprintf(tw, "total\t%d\t%s of %s\t\t(file %s, refused %d, evicted %d)\n", q.Depth, config.Size(q.Bytes).Human(), config.Size(q.MaxBytes).Human(), config.Size(q.FileBytes).Human(), q.Refused, q.Evicted)
 	return tw.Flush()
 }
 
