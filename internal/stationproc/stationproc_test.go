@@ -1,0 +1,92 @@
+package stationproc
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseStatus(t *testing.T) {
+	status := "Name:\tstation\nVmPeak:\t  900 kB\nVmRSS:\t   13488 kB\nRssAnon:\t    5000 kB\nRssFile:\t    8000 kB\nRssShmem:\t       0 kB\n"
+	m, err := parseStatus(status)
+	if err != nil || m != (Memory{RSS: 13488 << 10, Anon: 5000 << 10, File: 8000 << 10}) {
+		t.Errorf("parseStatus = %+v, %v", m, err)
+	}
+	if _, err := parseStatus("VmRSS:\t 1 kB\nRssAnon:\t 1 kB\n"); err == nil {
+		t.Error("RssFile missing: no error")
+	}
+	if v, err := parseKB("   13488 kB"); err != nil || v != 13488 {
+		t.Errorf("parseKB = %d, %v", v, err)
+	}
+	if _, err := parseKB("13488"); err == nil {
+		t.Error("parseKB without unit: no error")
+	}
+}
+
+func TestProcessLogLinesAndStop(t *testing.T) {
+	var mu sync.Mutex
+	var lines []string
+	cmd := exec.Command("sh", "-c", "echo one >&2; echo two; echo three >&2; exec sleep 60")
+	p, err := StartProcess("sleeper", cmd, filepath.Join(t.TempDir(), "log"), func(_ time.Time, l string) {
+		mu.Lock()
+		lines = append(lines, l)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
+	err = Poll(context.Background(), p, 10*time.Second, 10*time.Millisecond, func() error {
+		if strings.Count(p.Log(), "\n") < 3 {
+			return errors.New("fewer than 3 lines logged")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Exited() {
+		t.Fatal("exited while sleeping")
+	}
+	err = p.Stop(10 * time.Second)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+		t.Errorf("Stop = %v, want the exit by SIGTERM", err)
+	}
+	if err := p.Stop(time.Second); err != nil {
+		t.Errorf("second Stop = %v, want nil", err)
+	}
+	if code := p.ExitCode(); code != -1 {
+		t.Errorf("exit status %d after SIGTERM, want -1", code)
+	}
+	// Stdout and stderr in the one log; the stderr lines to onLine, once the process is gone.
+	if got := p.Tail(2); got != "two\nthree" {
+		t.Errorf("Tail(2) = %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(lines, ",") != "one,three" {
+		t.Errorf("onLine got %q, want the stderr lines", lines)
+	}
+}
+
+func TestPollEndsWithTheProcess(t *testing.T) {
+	p, err := StartProcess("false", exec.Command("false"), filepath.Join(t.TempDir(), "log"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = Poll(context.Background(), p, time.Minute, 10*time.Millisecond, func() error { return errors.New("not yet") })
+	if err == nil || !strings.Contains(err.Error(), "false exited") || time.Since(start) > 30*time.Second {
+		t.Errorf("Poll on a process that exits = %v after %v", err, time.Since(start))
+	}
+	if code := p.ExitCode(); code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+}
