@@ -77,7 +77,7 @@ func TestCrashLoop(t *testing.T) {
 	// The last record may arrive after the store dropped it: wait for its seq too.
 	obs.waitSeq(last, time.Minute)
 	recs := obs.records()
-	maxSeq := checkSeq(t, recs)
+	maxSeq := stationproc.CheckSeq(t, recs)
 	if maxSeq != last {
 		t.Fatalf("the broker got seq 1..%d, the store handed out 1..%d", maxSeq, last)
 	}
@@ -149,7 +149,7 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	peak, samples, _ := sampler.Stop()
 
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	// In order: each record first arrives after every record of lower seq.
 	var last uint64
 	for _, r := range recs {
@@ -202,7 +202,7 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	final := a.MustTap()[0]
 	obs.waitIDs(map[string]bool{final.ID: true}, time.Minute)
 	recs = obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	if n := countType(recs, "store.recovered"); n != 0 {
 		t.Errorf("%d store.recovered alarms after kills at start", n)
 	}

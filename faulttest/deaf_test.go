@@ -86,7 +86,7 @@ func TestDeafBroker(t *testing.T) {
 			// A real broker answers again: everything recorded arrives.
 			sw.setMode(modeForward)
 			obs.waitIDs(want, 2*time.Minute)
-			checkSeq(t, obs.records())
+			stationproc.CheckSeq(t, obs.records())
 		})
 	}
 }

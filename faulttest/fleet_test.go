@@ -170,7 +170,7 @@ func TestFleet(t *testing.T) {
 		drained.Round(time.Millisecond), len(evTimes), avgRate, maxInt(evPerSec), evPerSec)
 
 	// Every record, gap-free per station.
-	byStation := map[string][]wireRecord{}
+	byStation := map[string][]stationproc.Record{}
 	for _, r := range recs {
 		byStation[r.Station] = append(byStation[r.Station], r)
 	}
@@ -179,7 +179,7 @@ func TestFleet(t *testing.T) {
 	}
 	dups := 0
 	for _, rs := range byStation {
-		checkSeq(t, rs)
+		stationproc.CheckSeq(t, rs)
 		dups += duplicates(rs)
 	}
 	t.Logf("duplicates on the wire: %d", dups)

@@ -105,7 +105,7 @@ func TestStoreFull(t *testing.T) {
 		t.Errorf("after the drain: full %v, indicator %+v; want not full and the recorded pattern", st.Queue.Full, st.Indicator)
 	}
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	if n := countType(recs, "store.full"); n != 1 {
 		t.Fatalf("%d store.full alarms for one full episode, want exactly 1", n)
 	}
@@ -186,7 +186,7 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	sw.setMode(modeForward)
 	obs.waitIDs(recorded, 2*time.Minute)
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	alarms := countType(recs, "store.full")
 	t.Logf("status said full: %v; store.full alarms delivered: %d", full, alarms)
 
@@ -263,8 +263,8 @@ func TestBrokenStore(t *testing.T) {
 			}
 			obs.waitIDs(want, 30*time.Second)
 			recs := obs.records()
-			checkSeq(t, recs)
-			var alarm *wireRecord
+			stationproc.CheckSeq(t, recs)
+			var alarm *stationproc.Record
 			for i, r := range recs {
 				if r.Type == "store.recovered" {
 					alarm = &recs[i]

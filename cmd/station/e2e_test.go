@@ -19,15 +19,6 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(stationproc.Main(m)) }
 
-type wireRecord struct {
-	ID   string `json:"id"`
-	Seq  uint64 `json:"seq"`
-	Type string `json:"type"`
-	Card *struct {
-		Kind, Token, Masked string
-	} `json:"card"`
-}
-
 // newSpec makes a fresh station spec with its own directory, socket and topics, logging at
 // debug level (TestNoCardDataLeaves reads everything it logs).
 func newSpec(t *testing.T, broker string) stationproc.Config {
@@ -39,17 +30,17 @@ func newSpec(t *testing.T, broker string) stationproc.Config {
 
 // collect reads events until every id in want has arrived, checking order and duplicates.
 // It returns the records in arrival order.
-func collectEvents(t *testing.T, sub *brokertest.Client, want map[string]bool, timeout time.Duration) []wireRecord {
+func collectEvents(t *testing.T, sub *brokertest.Client, want map[string]bool, timeout time.Duration) []stationproc.Record {
 	t.Helper()
-	var got []wireRecord
+	var got []stationproc.Record
 	missing := len(want)
 	seen := map[string]bool{}
 	deadline := time.After(timeout)
 	for missing > 0 {
 		select {
 		case m := <-sub.C:
-			var r wireRecord
-			if err := json.Unmarshal(m.Payload, &r); err != nil {
+			r, err := stationproc.ParseRecord(m.Topic, m.Payload, time.Now())
+			if err != nil {
 				t.Fatalf("event is not JSON: %q", m.Payload)
 			}
 			got = append(got, r)
@@ -62,27 +53,6 @@ func collectEvents(t *testing.T, sub *brokertest.Client, want map[string]bool, t
 		}
 	}
 	return got
-}
-
-// checkSeq checks that the delivered records cover seq 1..max without gaps, and that a seq seen
-// twice always carries the same id (duplicates only by redelivery).
-func checkSeq(t *testing.T, recs []wireRecord) uint64 {
-	t.Helper()
-	bySeq := map[uint64]string{}
-	var maxSeq uint64
-	for _, r := range recs {
-		if id, ok := bySeq[r.Seq]; ok && id != r.ID {
-			t.Fatalf("seq %d carried two ids: %s and %s", r.Seq, id, r.ID)
-		}
-		bySeq[r.Seq] = r.ID
-		maxSeq = max(maxSeq, r.Seq)
-	}
-	for s := uint64(1); s <= maxSeq; s++ {
-		if _, ok := bySeq[s]; !ok {
-			t.Fatalf("seq %d missing (max %d): gap in the events stream", s, maxSeq)
-		}
-	}
-	return maxSeq
 }
 
 func TestTapReachesBroker(t *testing.T) {
@@ -101,7 +71,7 @@ func TestTapReachesBroker(t *testing.T) {
 		want[l.ID] = true
 	}
 	recs := collectEvents(t, sub, want, 30*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	var taps int
 	for _, r := range recs {
 		if r.Type == "card.tap" {
@@ -151,7 +121,7 @@ func TestTapsWhileBrokerDownDeliveredInOrder(t *testing.T) {
 	b.Restart(t)
 	sub := brokertest.Subscribe(t, b.URL(), s.Prefix+"/+/events", 1000)
 	recs := collectEvents(t, sub, want, 60*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	var last uint64
 	for _, r := range recs {
 		if r.Seq <= last {
@@ -189,7 +159,7 @@ func TestKill9MidBurstLosesNothing(t *testing.T) {
 	}
 	p := stationproc.Start(t, s)
 	recs := collectEvents(t, sub, want, 60*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	waitStatus(t, status, "online", "")
 	p.Stop()
 	waitStatus(t, status, "offline", "shutdown")

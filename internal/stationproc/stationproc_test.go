@@ -90,3 +90,14 @@ func TestPollEndsWithTheProcess(t *testing.T) {
 		t.Errorf("exit status %d, want 1", code)
 	}
 }
+
+func TestParseRecord(t *testing.T) {
+	at := time.Now()
+	r, err := ParseRecord("p/q/st-1/events", []byte(`{"id":"a","seq":3,"type":"card.tap","card":{"token":"x"}}`), at)
+	if err != nil || r.ID != "a" || r.Seq != 3 || r.Type != "card.tap" || r.Card == nil || r.Card.Token != "x" || r.Station != "st-1" || !r.At.Equal(at) {
+		t.Errorf("ParseRecord = %+v, %v", r, err)
+	}
+	if _, err := ParseRecord("p/st-1/events", []byte(`not json`), at); err == nil {
+		t.Error("ParseRecord of garbage: no error")
+	}
+}
