@@ -104,7 +104,10 @@ func Launch(t testing.TB, cfg Config, timeout time.Duration) (*Agent, error) {
 // Spawn starts the agent and returns at once, without waiting for it (see WaitReady). It is safe
 // to call from goroutines other than the test's.
 func Spawn(t testing.TB, cfg Config) (*Agent, error) {
-	path := Binary(t)
+	path, err := binary()
+	if err != nil {
+		return nil, err
+	}
 	if cfg.BackoffMax == "" {
 		cfg.BackoffMax = "1s"
 	}

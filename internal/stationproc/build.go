@@ -66,8 +66,17 @@ func Main(m *testing.M) int {
 // test of the test binary. A failed build fails each test that asks for it.
 func Binary(t testing.TB) string {
 	t.Helper()
+	path, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// binary is Binary for goroutines other than the test's.
+func binary() (string, error) {
 	if !inMain.Load() {
-		t.Fatal("stationproc: the tests must run through stationproc.Main (from TestMain), which removes the binary it builds")
+		return "", errors.New("stationproc: the tests must run through stationproc.Main (from TestMain), which removes the binary it builds")
 	}
 	bin.once.Do(func() {
 		bin.dir, bin.err = os.MkdirTemp("", "stationproc-")
@@ -78,9 +87,9 @@ func Binary(t testing.TB) string {
 		bin.err = Build(context.Background(), bin.path, Race)
 	})
 	if bin.err != nil {
-		t.Fatalf("stationproc: building the station binary: %v", bin.err)
+		return "", fmt.Errorf("stationproc: building the station binary: %w", bin.err)
 	}
-	return bin.path
+	return bin.path, nil
 }
 
 // Build builds the station command into the file out, with the race detector if race is set.
