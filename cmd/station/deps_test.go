@@ -6,13 +6,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"station.dev/agent/internal/stationproc"
 )
 
 // TestDependencies keeps the binary lean and the layers apart (DESIGN §2): only the modules
 // listed here may be linked into the station binary, and in every package of the module only
 // store/ imports bbolt, only mqtt/ imports paho and mochi, and only drivers/ imports periph.
 func TestDependencies(t *testing.T) {
-	if os.Getenv("STATION_TEST_QEMU") != "" {
+	if os.Getenv(stationproc.EnvQEMU) != "" {
 		t.Skip("lists packages with the go command, which is the host's: nothing target-specific to check")
 	}
 	allowed := []string{

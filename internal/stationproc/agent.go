@@ -74,14 +74,14 @@ type Agent struct {
 	p   *Process
 }
 
-// ReadyTimeout bounds the wait for an agent's local API in Start.
-const ReadyTimeout = 30 * time.Second
+// readyTimeout bounds the wait for an agent's local API in Start.
+const readyTimeout = 30 * time.Second
 
 // Start starts the agent and returns once its local API answers: the store is open, the socket
 // listens and the agent serves.
 func Start(t testing.TB, cfg Config) *Agent {
 	t.Helper()
-	a, err := Launch(t, cfg, ReadyTimeout)
+	a, err := Launch(t, cfg, readyTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,12 +195,6 @@ func HTTPClient(socket string) *http.Client {
 	}
 }
 
-// Config returns the agent's configuration.
-func (a *Agent) Config() Config { return a.cfg }
-
-// Process returns the agent's process.
-func (a *Agent) Process() *Process { return a.p }
-
 // Pid returns the agent's process id.
 func (a *Agent) Pid() int { return a.p.Pid() }
 
@@ -216,17 +210,17 @@ func (a *Agent) Log() string { return a.p.Log() }
 // HTTPClient returns a client of the agent's local API.
 func (a *Agent) HTTPClient() *http.Client { return HTTPClient(a.cfg.Socket()) }
 
-// StopTimeout bounds the wait for an agent to end after SIGTERM.
-const StopTimeout = 20 * time.Second
+// stopTimeout bounds the wait for an agent to end after SIGTERM.
+const stopTimeout = 20 * time.Second
 
 // Kill kills the agent with SIGKILL, as a power cut would, and waits until it is gone.
 func (a *Agent) Kill() { a.p.Kill() }
 
 // Stop asks the agent to stop with SIGTERM, waits for it and returns its exit status. An agent
-// still running StopTimeout later fails the test and is killed.
+// still running stopTimeout later fails the test and is killed.
 func (a *Agent) Stop() int {
 	a.t.Helper()
-	if err := a.p.Stop(StopTimeout); errors.Is(err, ErrKilled) {
+	if err := a.p.Stop(stopTimeout); errors.Is(err, ErrKilled) {
 		a.t.Error(err)
 	}
 	return a.p.ExitCode()

@@ -26,8 +26,8 @@ import (
 	"testing"
 )
 
-// Package is the import path of the station command.
-const Package = "station.dev/agent/cmd/station"
+// stationPkg is the import path of the station command.
+const stationPkg = "station.dev/agent/cmd/station"
 
 // EnvQEMU names the environment variable holding the emulator command that runs binaries built
 // for another architecture, e.g. qemu-arm-static.
@@ -99,9 +99,9 @@ func Build(ctx context.Context, out string, race bool) error {
 	if race {
 		args = append(args, "-race")
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, Package)...)
+	cmd := exec.CommandContext(ctx, "go", append(args, stationPkg)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %v: %w\n%s", append(args, Package), err, b)
+		return fmt.Errorf("go %v: %w\n%s", append(args, stationPkg), err, b)
 	}
 	return nil
 }
