@@ -15,9 +15,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"station.dev/agent/internal/stationproc"
 )
 
 // freePort returns a loopback TCP port nothing listens on (at the time of asking).
@@ -41,11 +42,9 @@ type mosquitto struct {
 	port   int
 	onLine func(at time.Time, line string) // called for every log line, from one goroutine
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	log    *logTail
-	ready  time.Time // when the running broker said it runs
+	mu    sync.Mutex
+	p     *stationproc.Process
+	ready time.Time // when the running broker said it runs
 }
 
 // startMosquitto starts a Mosquitto; onLine, if not nil, sees every line it logs.
@@ -55,7 +54,7 @@ func startMosquitto(t testing.TB, onLine func(time.Time, string)) *mosquitto {
 	if err != nil {
 		t.Fatalf("this scenario needs a Mosquitto it can restart: apt-get install mosquitto (%v)", err)
 	}
-	m := &mosquitto{t: t, bin: bin, dir: t.TempDir(), port: freePort(t), onLine: onLine, log: newLogTail(200)}
+	m := &mosquitto{t: t, bin: bin, dir: t.TempDir(), port: freePort(t), onLine: onLine}
 	conf := fmt.Sprintf(`listener %d 127.0.0.1
 allow_anonymous true
 persistence true
@@ -78,9 +77,15 @@ connection_messages true
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		m.kill(syscall.SIGKILL)
+		m.mu.Lock()
+		p := m.p
+		m.mu.Unlock()
+		if p == nil {
+			return
+		}
+		p.Kill()
 		if t.Failed() {
-			t.Logf("mosquitto log (last lines):\n%s", m.log.String())
+			t.Logf("mosquitto log (last lines):\n%s", p.Tail(200))
 		}
 	})
 	m.start()
@@ -93,51 +98,35 @@ func (m *mosquitto) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.po
 // start starts the broker (again) and waits until it runs.
 func (m *mosquitto) start() {
 	m.t.Helper()
+	running := make(chan time.Time, 1)
+	onLine := func(at time.Time, line string) {
+		if strings.Contains(line, " running") && strings.Contains(line, "mosquitto version") {
+			select {
+			case running <- at:
+			default:
+			}
+		}
+		if m.onLine != nil {
+			m.onLine(at, line)
+		}
+	}
 	cmd := exec.Command(m.bin, "-c", filepath.Join(m.dir, "mosquitto.conf"))
-	stderr, err := cmd.StderrPipe()
+	p, err := stationproc.StartProcess("mosquitto", cmd, filepath.Join(m.dir, "mosquitto.log"), onLine)
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		m.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	running := make(chan time.Time, 1)
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			at, line := time.Now(), sc.Text()
-			m.log.add(line)
-			if strings.Contains(line, " running") && strings.Contains(line, "mosquitto version") {
-				select {
-				case running <- at:
-				default:
-				}
-			}
-			if m.onLine != nil {
-				m.onLine(at, line)
-			}
-		}
-	}()
-	go func() {
-		<-scanned
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	m.mu.Lock()
-	m.cmd, m.exited = cmd, exited
+	m.p = p
 	m.mu.Unlock()
 	select {
 	case at := <-running:
 		m.mu.Lock()
 		m.ready = at
 		m.mu.Unlock()
-	case <-exited:
-		m.t.Fatalf("mosquitto exited at start:\n%s", m.log.String())
+	case <-p.Done():
+		m.t.Fatalf("mosquitto exited at start:\n%s", p.Tail(200))
 	case <-time.After(20 * time.Second):
-		m.t.Fatalf("mosquitto not running after 20s:\n%s", m.log.String())
+		m.t.Fatalf("mosquitto not running after 20s:\n%s", p.Tail(200))
 	}
 }
 
@@ -149,35 +138,20 @@ func (m *mosquitto) readyAt() time.Time {
 }
 
 // stop stops the broker cleanly (it saves its persistence file) and waits for it.
-func (m *mosquitto) stop() { m.kill(syscall.SIGTERM) }
+func (m *mosquitto) stop() {
+	m.mu.Lock()
+	p := m.p
+	m.mu.Unlock()
+	if err := p.Stop(20 * time.Second); errors.Is(err, stationproc.ErrKilled) {
+		m.t.Error(err)
+	}
+}
 
 // restart stops and starts the broker.
 func (m *mosquitto) restart() {
 	m.t.Helper()
 	m.stop()
 	m.start()
-}
-
-func (m *mosquitto) kill(sig syscall.Signal) {
-	m.mu.Lock()
-	cmd, exited := m.cmd, m.exited
-	m.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-		m.t.Errorf("mosquitto did not stop within 20s of %v", sig)
-	}
 }
 
 // Broker behaviours of a switchboard.

@@ -31,11 +31,11 @@ func TestClockSyncedStamp(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := newSpec(t, b.URL())
 			if assume {
-				s.toml = "[clock]\nassume_synced = true\n"
+				s.TOML = "[clock]\nassume_synced = true\n"
 			}
-			obs := observe(t, b.URL(), s.prefix+"/+/events")
+			obs := observe(t, b.URL(), s.Prefix+"/+/events")
 			a := startAgent(t, s)
-			tap := a.mustTap()[0]
+			tap := a.MustTap()[0]
 			obs.waitIDs(map[string]bool{tap.ID: true}, 30*time.Second)
 			want := assume || kernel
 			for _, r := range obs.records() {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -33,14 +34,14 @@ func TestRandomCommandPayloads(t *testing.T) {
 	const n = 10000
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	s := newSpec(t, b.URL())
-	resp := observe(t, b.URL(), s.prefix+"/+/resp")
+	resp := observe(t, b.URL(), s.Prefix+"/+/resp")
 	a := startAgent(t, s)
-	m0, err := a.memory()
+	m0, err := a.Memory()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	g := &cmdGen{rng: rng, station: s.id}
+	g := &cmdGen{rng: rng, station: s.StationID}
 	cases := make([]cmdCase, 0, n)
 	for i := 0; i < n; i++ {
 		cases = append(cases, g.next(i))
@@ -69,7 +70,7 @@ func TestRandomCommandPayloads(t *testing.T) {
 	}
 	t.Logf("%d payloads (%d expecting an answer): %v", len(cases), len(expect), kinds)
 
-	sampler := sampleMemory(a.cmd.Process.Pid, 100*time.Millisecond)
+	sampler := stationproc.SampleMemory(a.Pid(), 100*time.Millisecond)
 	pub, err := dialPublisher(strings.TrimPrefix(b.URL(), "tcp://"), "faults-cmd-fuzz", 32)
 	if err != nil {
 		t.Fatal(err)
@@ -77,9 +78,9 @@ func TestRandomCommandPayloads(t *testing.T) {
 	defer pub.close()
 	start := time.Now()
 	for i, c := range cases {
-		topic := s.prefix + "/" + s.id + "/cmd"
+		topic := s.Prefix + "/" + s.StationID + "/cmd"
 		if c.fleet {
-			topic = s.prefix + "/_fleet/cmd"
+			topic = s.Prefix + "/_fleet/cmd"
 		}
 		if err := pub.publish(topic, c.payload); err != nil {
 			t.Fatalf("publishing payload %d (%s): %v", i, c.kind, err)
@@ -117,8 +118,8 @@ func TestRandomCommandPayloads(t *testing.T) {
 		return true
 	})
 	handled := time.Since(start)
-	peak, _ := sampler.Stop()
-	if !a.alive() {
+	peak, _, _ := sampler.Stop()
+	if !a.Alive() {
 		t.Fatal("the agent died")
 	}
 	maybeAnswered := map[string]string{}
@@ -150,8 +151,8 @@ func TestRandomCommandPayloads(t *testing.T) {
 	t.Logf("agent memory: at start %s, peak %s", m0, peak)
 
 	// Still serving: a ping after the flood is answered.
-	ping := fmt.Sprintf(`{"id":"final-ping","name":"ping","target":%q}`, s.id)
-	brokertest.Publish(t, b.URL(), s.prefix+"/"+s.id+"/cmd", []byte(ping), false)
+	ping := fmt.Sprintf(`{"id":"final-ping","name":"ping","target":%q}`, s.StationID)
+	brokertest.Publish(t, b.URL(), s.Prefix+"/"+s.StationID+"/cmd", []byte(ping), false)
 	resp.waitFor(time.Minute, "the answer to a ping after the flood", func(msgs []observed) bool {
 		for _, m := range msgs {
 			if bytes.Contains(m.Payload, []byte(`"id":"final-ping","ok":true`)) {

@@ -7,10 +7,10 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -22,7 +22,7 @@ func TestCrashLoop(t *testing.T) {
 	rng := newRand(t)
 	mq := startMosquitto(t, nil)
 	s := newSpec(t, mq.URL())
-	obs := observe(t, mq.URL(), s.prefix+"/+/events")
+	obs := observe(t, mq.URL(), s.Prefix+"/+/events")
 	kills := scale(5, 20)
 	want := map[string]bool{}
 	restarts := 0
@@ -31,9 +31,9 @@ func TestCrashLoop(t *testing.T) {
 		killAt := 1 + rng.IntN(150)
 		// 0: the broker restarts during the burst; 1: while the agent is dead; otherwise it stays.
 		flap := rng.IntN(4)
-		burst := a.startTaps(400)
+		burst := a.StartTaps(400)
 		n := 0
-		for l := range burst.lines {
+		for l := range burst.Lines {
 			if !l.OK {
 				continue
 			}
@@ -44,14 +44,14 @@ func TestCrashLoop(t *testing.T) {
 				restarts++
 			}
 			if n == killAt {
-				a.kill(syscall.SIGKILL)
+				a.Kill()
 			}
 		}
-		<-burst.done
+		<-burst.Done
 		if n < killAt {
 			t.Fatalf("round %d: the burst ended after %d recorded taps, before the kill at %d", round, n, killAt)
 		}
-		if a.alive() {
+		if a.Alive() {
 			t.Fatalf("round %d: agent still running after SIGKILL", round)
 		}
 		if flap == 1 {
@@ -77,7 +77,7 @@ func TestCrashLoop(t *testing.T) {
 	// The last record may arrive after the store dropped it: wait for its seq too.
 	obs.waitSeq(last, time.Minute)
 	recs := obs.records()
-	maxSeq := checkSeq(t, recs)
+	maxSeq := stationproc.CheckSeq(t, recs)
 	if maxSeq != last {
 		t.Fatalf("the broker got seq 1..%d, the store handed out 1..%d", maxSeq, last)
 	}
@@ -98,9 +98,9 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	sw := newSwitchboard(t, b.Addr(), modeRefuse)
 	s := newSpec(t, sw.URL())
-	obs := observe(t, b.URL(), s.prefix+"/+/events")
+	obs := observe(t, b.URL(), s.Prefix+"/+/events")
 	a := startAgent(t, s)
-	m0, err := a.memory()
+	m0, err := a.Memory()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	want := map[string]bool{}
 	for done := 0; done < n; {
 		c := min(5000, n-done)
-		for _, l := range a.mustTap("--count", itoa(c)) {
+		for _, l := range a.MustTap("--count", itoa(c)) {
 			want[l.ID] = true
 		}
 		done += c
@@ -118,7 +118,7 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	// Other station software keeps writing too: receipts of 8 KiB, which make the file large
 	// enough to be worth compacting once drained.
 	receipts := 1500
-	api := a.api()
+	api := a.HTTPClient()
 	var mu sync.Mutex
 	parallel(receipts, 8, func(i int) error {
 		tl, code, err := submit(api, "kiosk.receipt", map[string]any{"n": i, "text": strings.Repeat("r", 8<<10)})
@@ -134,22 +134,22 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	if st.Queue.Depth < n+receipts || st.Link.Connected {
 		t.Fatalf("after %d taps and %d receipts offline: depth %d, connected %v", n, receipts, st.Queue.Depth, st.Link.Connected)
 	}
-	m1, err := a.memory()
+	m1, err := a.Memory()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("backlog of %d records (%.1f MiB accounted), the taps recorded in %s; agent memory before %s, after %s",
 		st.Queue.Depth, mib(st.Queue.Bytes), fill.Round(time.Millisecond), m0, m1)
 
-	sampler := sampleMemory(a.cmd.Process.Pid, 50*time.Millisecond)
+	sampler := stationproc.SampleMemory(a.Pid(), 50*time.Millisecond)
 	t0 := time.Now()
 	sw.setMode(modeForward)
 	obs.waitIDs(want, 10*time.Minute)
 	drain := time.Since(t0)
-	peak, samples := sampler.Stop()
+	peak, samples, _ := sampler.Stop()
 
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	// In order: each record first arrives after every record of lower seq.
 	var last uint64
 	for _, r := range recs {
@@ -181,37 +181,37 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	if !eventually(time.Minute, 100*time.Millisecond, func() bool { return a.status().Queue.Depth == 0 }) {
 		t.Fatalf("store not empty after the drain: %+v", a.status().Queue)
 	}
-	a.kill(syscall.SIGKILL)
-	big := fileSize(t, s.storePath())
+	a.Kill()
+	big := fileSize(t, s.StorePath())
 	var sizes []string
 	caught := 0 // kills that left a compaction half done
 	for i := 0; i < 8; i++ {
-		p, err := spawnAgent(t, s)
+		p, err := stationproc.Spawn(t, s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		<-time.After(time.Duration(rng.IntN((i+1)*4000)) * time.Microsecond) // the kill moment
-		p.kill(syscall.SIGKILL)
-		if _, err := os.Stat(s.storePath() + ".compact"); err == nil {
+		p.Kill()
+		if _, err := os.Stat(s.StorePath() + ".compact"); err == nil {
 			caught++
 		}
-		sizes = append(sizes, fmt.Sprintf("%.1fMiB", mib(fileSize(t, s.storePath()))))
+		sizes = append(sizes, fmt.Sprintf("%.1fMiB", mib(fileSize(t, s.StorePath()))))
 	}
 	t.Logf("store file after each kill at start: %v; %d kills left a compaction half done", sizes, caught)
 	a = startAgent(t, s)
-	final := a.mustTap()[0]
+	final := a.MustTap()[0]
 	obs.waitIDs(map[string]bool{final.ID: true}, time.Minute)
 	recs = obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	if n := countType(recs, "store.recovered"); n != 0 {
 		t.Errorf("%d store.recovered alarms after kills at start", n)
 	}
-	small := fileSize(t, s.storePath())
+	small := fileSize(t, s.StorePath())
 	t.Logf("store file %d bytes after the drain, %d after the restarts", big, small)
 	if small >= big {
 		t.Errorf("the drained store was not compacted at start: %d bytes, before %d", small, big)
 	}
-	if _, err := os.Stat(s.storePath() + ".compact"); !os.IsNotExist(err) {
+	if _, err := os.Stat(s.StorePath() + ".compact"); !os.IsNotExist(err) {
 		t.Errorf("a compaction file is left behind: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -31,17 +32,17 @@ func TestDeafBroker(t *testing.T) {
 			b := brokertest.Embedded(t, "127.0.0.1:0")
 			sw := newSwitchboard(t, b.Addr(), tc.mode)
 			s := newSpec(t, sw.URL())
-			s.backoffMax = "2s"
-			obs := observe(t, b.URL(), s.prefix+"/+/events")
+			s.BackoffMax = "2s"
+			obs := observe(t, b.URL(), s.Prefix+"/+/events")
 			a := startAgent(t, s)
-			m0, err := a.memory()
+			m0, err := a.Memory()
 			if err != nil {
 				t.Fatal(err)
 			}
-			sampler := sampleMemory(a.cmd.Process.Pid, 100*time.Millisecond)
+			sampler := stationproc.SampleMemory(a.Pid(), 100*time.Millisecond)
 			want := map[string]bool{}
 			taps := scale(300, 2000)
-			for _, l := range a.mustTap("--count", itoa(taps)) {
+			for _, l := range a.MustTap("--count", itoa(taps)) {
 				want[l.ID] = true
 			}
 			// The link gives up on the broker and tries again: a silent broker fails each
@@ -55,7 +56,7 @@ func TestDeafBroker(t *testing.T) {
 				}
 				return st.Link.Failures >= 1 && st.Link.Connects >= 2
 			})
-			peak, _ := sampler.Stop()
+			peak, _, _ := sampler.Stop()
 			if !ok {
 				t.Fatalf("the link did not give up on the deaf broker and retry: %+v", st.Link)
 			}
@@ -85,7 +86,7 @@ func TestDeafBroker(t *testing.T) {
 			// A real broker answers again: everything recorded arrives.
 			sw.setMode(modeForward)
 			obs.waitIDs(want, 2*time.Minute)
-			checkSeq(t, obs.records())
+			stationproc.CheckSeq(t, obs.records())
 		})
 	}
 }

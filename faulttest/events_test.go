@@ -3,39 +3,15 @@
 package faulttest
 
 import (
-	"encoding/json"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
-
-// wireRecord is a record as it arrives on the events topic.
-type wireRecord struct {
-	ID          string         `json:"id"`
-	Seq         uint64         `json:"seq"`
-	Type        string         `json:"type"`
-	TS          string         `json:"ts"`
-	ClockSynced bool           `json:"clock_synced"`
-	BootID      string         `json:"boot_id"`
-	Data        map[string]any `json:"data"`
-	Error       *struct {
-		Code   string `json:"code"`
-		Detail string `json:"detail"`
-	} `json:"error"`
-	Card *struct {
-		Kind   string `json:"kind"`
-		Token  string `json:"token"`
-		Masked string `json:"masked"`
-	} `json:"card"`
-
-	Station string    `json:"-"` // from the topic
-	At      time.Time `json:"-"` // when the observer received it
-}
 
 // observer is a subscriber on the broker that keeps every message it receives, in arrival order.
 type observer struct {
@@ -89,17 +65,15 @@ func (o *observer) snapshot() ([]observed, <-chan struct{}) {
 }
 
 // records decodes the messages received so far as records.
-func (o *observer) records() []wireRecord {
+func (o *observer) records() []stationproc.Record {
 	o.t.Helper()
 	msgs, _ := o.snapshot()
-	recs := make([]wireRecord, 0, len(msgs))
+	recs := make([]stationproc.Record, 0, len(msgs))
 	for _, m := range msgs {
-		var r wireRecord
-		if err := json.Unmarshal(m.Payload, &r); err != nil {
+		r, err := stationproc.ParseRecord(m.Topic, m.Payload, m.At)
+		if err != nil {
 			o.t.Fatalf("message on %s is not a JSON record: %q", m.Topic, truncate(m.Payload, 200))
 		}
-		r.Station = stationOf(m.Topic)
-		r.At = m.At
 		recs = append(recs, r)
 	}
 	return recs
@@ -125,18 +99,17 @@ func (o *observer) waitFor(timeout time.Duration, what string, cond func([]obser
 
 // waitEach feeds each record received, once and in arrival order from the first, to fn until
 // fn returns true, failing the test after timeout.
-func (o *observer) waitEach(timeout time.Duration, what string, fn func(wireRecord) bool) {
+func (o *observer) waitEach(timeout time.Duration, what string, fn func(stationproc.Record) bool) {
 	o.t.Helper()
 	n := 0
 	o.waitFor(timeout, what, func(msgs []observed) bool {
 		for n < len(msgs) {
 			m := msgs[n]
 			n++
-			var r wireRecord
-			if err := json.Unmarshal(m.Payload, &r); err != nil {
+			r, err := stationproc.ParseRecord(m.Topic, m.Payload, m.At)
+			if err != nil {
 				continue // records() reports it
 			}
-			r.Station, r.At = stationOf(m.Topic), m.At
 			if fn(r) {
 				return true
 			}
@@ -149,7 +122,7 @@ func (o *observer) waitEach(timeout time.Duration, what string, fn func(wireReco
 func (o *observer) waitIDs(want map[string]bool, timeout time.Duration) {
 	o.t.Helper()
 	seen := map[string]bool{}
-	o.waitEach(timeout, fmt.Sprintf("%d recorded events reaching the broker", len(want)), func(r wireRecord) bool {
+	o.waitEach(timeout, fmt.Sprintf("%d recorded events reaching the broker", len(want)), func(r stationproc.Record) bool {
 		if want[r.ID] {
 			seen[r.ID] = true
 		}
@@ -158,10 +131,10 @@ func (o *observer) waitIDs(want map[string]bool, timeout time.Duration) {
 }
 
 // waitType waits for a record of the given type and returns it.
-func (o *observer) waitType(typ string, timeout time.Duration) wireRecord {
+func (o *observer) waitType(typ string, timeout time.Duration) stationproc.Record {
 	o.t.Helper()
-	var found wireRecord
-	o.waitEach(timeout, "a "+typ+" record", func(r wireRecord) bool {
+	var found stationproc.Record
+	o.waitEach(timeout, "a "+typ+" record", func(r stationproc.Record) bool {
 		found = r
 		return r.Type == typ
 	})
@@ -171,49 +144,11 @@ func (o *observer) waitType(typ string, timeout time.Duration) wireRecord {
 // waitSeq waits for the record with the given seq.
 func (o *observer) waitSeq(seq uint64, timeout time.Duration) {
 	o.t.Helper()
-	o.waitEach(timeout, fmt.Sprintf("the record of seq %d", seq), func(r wireRecord) bool { return r.Seq == seq })
-}
-
-// stationOf returns the station id of a topic {prefix}/{id}/{kind}.
-func stationOf(topic string) string {
-	parts := strings.Split(topic, "/")
-	if len(parts) < 2 {
-		return ""
-	}
-	return parts[len(parts)-2]
-}
-
-// checkSeq checks the records of one station: seq covers 1..max without gaps, a seq seen twice
-// always carries the same id, and an id always the same seq. It returns max.
-func checkSeq(t testing.TB, recs []wireRecord) uint64 {
-	t.Helper()
-	bySeq := map[uint64]string{}
-	byID := map[string]uint64{}
-	var maxSeq uint64
-	for _, r := range recs {
-		if id, ok := bySeq[r.Seq]; ok && id != r.ID {
-			t.Fatalf("station %s: seq %d carried two ids: %s and %s", r.Station, r.Seq, id, r.ID)
-		}
-		if s, ok := byID[r.ID]; ok && s != r.Seq {
-			t.Fatalf("station %s: id %s came with seq %d and %d", r.Station, r.ID, s, r.Seq)
-		}
-		bySeq[r.Seq], byID[r.ID] = r.ID, r.Seq
-		maxSeq = max(maxSeq, r.Seq)
-	}
-	var missing []uint64
-	for s := uint64(1); s <= maxSeq; s++ {
-		if _, ok := bySeq[s]; !ok {
-			missing = append(missing, s)
-		}
-	}
-	if len(missing) > 0 {
-		t.Fatalf("seq gap in the events stream (max %d): %d missing, first %v", maxSeq, len(missing), missing[:min(10, len(missing))])
-	}
-	return maxSeq
+	o.waitEach(timeout, fmt.Sprintf("the record of seq %d", seq), func(r stationproc.Record) bool { return r.Seq == seq })
 }
 
 // duplicates counts the records that arrived more than once.
-func duplicates(recs []wireRecord) int {
+func duplicates(recs []stationproc.Record) int {
 	seen := map[string]bool{}
 	n := 0
 	for _, r := range recs {
@@ -226,7 +161,7 @@ func duplicates(recs []wireRecord) int {
 }
 
 // countType counts the distinct records of a type.
-func countType(recs []wireRecord, typ string) int {
+func countType(recs []stationproc.Record, typ string) int {
 	ids := map[string]bool{}
 	for _, r := range recs {
 		if r.Type == typ {

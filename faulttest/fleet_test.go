@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -76,15 +77,17 @@ func TestFleet(t *testing.T) {
 	obs := observe(t, mq.URL(), prefix+"/+/events")
 
 	// Start the fleet a few at a time: two cores.
-	specs := make([]agentSpec, n)
+	specs := make([]stationproc.Config, n)
 	for i := range specs {
-		specs[i] = agentSpec{dir: t.TempDir(), id: fmt.Sprintf("%s%03d", idPrefix, i), broker: mq.URL(),
-			prefix: prefix, backoffMax: backoffMax.String()}
+		specs[i] = newSpec(t, mq.URL())
+		specs[i].StationID = fmt.Sprintf("%s%03d", idPrefix, i)
+		specs[i].Prefix = prefix
+		specs[i].BackoffMax = backoffMax.String()
 	}
-	agents := make([]*agent, n)
+	agents := make([]*stationproc.Agent, n)
 	start := time.Now()
 	parallel(n, 4, func(i int) error {
-		a, err := launchAgent(t, specs[i], 2*time.Minute)
+		a, err := stationproc.Launch(t, specs[i], 2*time.Minute)
 		agents[i] = a
 		return err
 	}, t)
@@ -94,7 +97,7 @@ func TestFleet(t *testing.T) {
 	started := time.Since(start)
 	var rss, anon int64
 	for _, a := range agents {
-		m, err := a.memory()
+		m, err := a.Memory()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +114,7 @@ func TestFleet(t *testing.T) {
 	want := map[string]bool{}
 	clients := make([]*http.Client, n)
 	for i, a := range agents {
-		clients[i] = a.api()
+		clients[i] = a.HTTPClient()
 	}
 	parallel(n*backlog, 8, func(k int) error {
 		i := k % n
@@ -167,7 +170,7 @@ func TestFleet(t *testing.T) {
 		drained.Round(time.Millisecond), len(evTimes), avgRate, maxInt(evPerSec), evPerSec)
 
 	// Every record, gap-free per station.
-	byStation := map[string][]wireRecord{}
+	byStation := map[string][]stationproc.Record{}
 	for _, r := range recs {
 		byStation[r.Station] = append(byStation[r.Station], r)
 	}
@@ -176,7 +179,7 @@ func TestFleet(t *testing.T) {
 	}
 	dups := 0
 	for _, rs := range byStation {
-		checkSeq(t, rs)
+		stationproc.CheckSeq(t, rs)
 		dups += duplicates(rs)
 	}
 	t.Logf("duplicates on the wire: %d", dups)

@@ -6,38 +6,19 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"station.dev/agent/internal/stationproc"
 )
 
-// stationBin is the station binary the tests run, built once by TestMain.
-var stationBin string
-
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "station-faults-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	stationBin = filepath.Join(dir, "station")
-	args := []string{"build", "-o", stationBin}
 	if os.Getenv("STATION_FAULTS_RACE") == "1" {
-		args = append(args, "-race")
+		stationproc.Race = true
 	}
-	cmd := exec.Command("go", append(args, "station.dev/agent/cmd/station")...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building station:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(stationproc.Main(m))
 }
 
 // newRand returns the random source of a test, seeded from STATION_FAULTS_SEED or the clock, and

@@ -9,10 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 	"station.dev/agent/store"
 )
@@ -25,8 +25,8 @@ func TestStoreFull(t *testing.T) {
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	sw := newSwitchboard(t, b.Addr(), modeRefuse)
 	s := newSpec(t, sw.URL())
-	s.toml = "[store]\nmax_bytes = \"1MiB\"\n[telemetry]\ninterval = \"1s\"\n"
-	obs := observe(t, b.URL(), s.prefix+"/+/events")
+	s.TOML = "[store]\nmax_bytes = \"1MiB\"\n[telemetry]\ninterval = \"1s\"\n"
+	obs := observe(t, b.URL(), s.Prefix+"/+/events")
 	a := startAgent(t, s)
 
 	// Offline, telemetry heartbeats are kept in the store, as the first to go when it fills.
@@ -38,7 +38,7 @@ func TestStoreFull(t *testing.T) {
 		t.Fatalf("no telemetry kept offline: %+v", a.status().Queue)
 	}
 
-	lines, code := a.tap("--count", "4000")
+	lines, code := a.Tap("--count", "4000")
 	if code != 1 {
 		t.Fatalf("tapping into a full store: exit %d, want 1", code)
 	}
@@ -75,7 +75,7 @@ func TestStoreFull(t *testing.T) {
 	}
 
 	// One more card: refused, and the kiosk shows it.
-	one, code := a.tap()
+	one, code := a.Tap()
 	st = a.status()
 	if code != 1 || len(one) != 1 || one[0].OK || !strings.Contains(one[0].Error, "full") {
 		t.Fatalf("tap on a full store: exit %d, %+v", code, one)
@@ -83,7 +83,7 @@ func TestStoreFull(t *testing.T) {
 	if st.Indicator == nil || st.Indicator.Pattern != "refused" {
 		t.Fatalf("indicator after a refused tap: %+v, want the refused pattern", st.Indicator)
 	}
-	out, _, _ := a.cli("status")
+	out, _, _ := a.CLI("status")
 	if !strings.Contains(strings.ToLower(out), "full") {
 		t.Errorf("station status does not say the store is full:\n%s", out)
 	}
@@ -94,7 +94,7 @@ func TestStoreFull(t *testing.T) {
 	if !eventually(time.Minute, 100*time.Millisecond, func() bool { return a.status().Queue.Depth == 0 }) {
 		t.Fatalf("backlog not drained: %+v", a.status().Queue)
 	}
-	after := a.mustTap("--count", "3")
+	after := a.MustTap("--count", "3")
 	want := map[string]bool{}
 	for _, l := range after {
 		want[l.ID] = true
@@ -105,7 +105,7 @@ func TestStoreFull(t *testing.T) {
 		t.Errorf("after the drain: full %v, indicator %+v; want not full and the recorded pattern", st.Queue.Full, st.Indicator)
 	}
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	if n := countType(recs, "store.full"); n != 1 {
 		t.Fatalf("%d store.full alarms for one full episode, want exactly 1", n)
 	}
@@ -134,8 +134,8 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	sw := newSwitchboard(t, b.Addr(), modeRefuse)
 	s := newSpec(t, sw.URL())
-	s.dir = mnt
-	obs := observe(t, b.URL(), s.prefix+"/+/events")
+	s.Dir = mnt
+	obs := observe(t, b.URL(), s.Prefix+"/+/events")
 	// Ballast takes part of the space, to be freed later.
 	ballast := filepath.Join(mnt, "ballast")
 	if err := os.WriteFile(ballast, make([]byte, 1<<20), 0o600); err != nil {
@@ -144,9 +144,9 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	a := startAgent(t, s)
 
 	recorded := map[string]bool{}
-	var failures []tapLine
-	burst := a.startTaps(50000)
-	for l := range burst.lines {
+	var failures []stationproc.TapLine
+	burst := a.StartTaps(50000)
+	for l := range burst.Lines {
 		if l.OK {
 			if len(failures) > 0 {
 				t.Fatalf("tap recorded after %d failures on a full file system: %+v", len(failures), l)
@@ -156,10 +156,10 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 		}
 		failures = append(failures, l)
 		if len(failures) == 20 {
-			_ = burst.cmd.Process.Kill()
+			burst.Kill()
 		}
 	}
-	<-burst.done
+	<-burst.Done
 	if len(failures) == 0 {
 		t.Fatalf("%d taps recorded on a 4 MiB file system and none failed", len(recorded))
 	}
@@ -168,7 +168,7 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	if !strings.Contains(failures[0].Error, "no space left") {
 		t.Errorf("the refusal does not say why: %q", failures[0].Error)
 	}
-	if !a.alive() {
+	if !a.Alive() {
 		t.Fatal("the agent died on a full file system")
 	}
 	if st.Indicator == nil || st.Indicator.Pattern != "refused" {
@@ -180,22 +180,21 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range a.mustTap("--count", "20") {
+	for _, l := range a.MustTap("--count", "20") {
 		recorded[l.ID] = true
 	}
 	sw.setMode(modeForward)
 	obs.waitIDs(recorded, 2*time.Minute)
 	recs := obs.records()
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	alarms := countType(recs, "store.full")
 	t.Logf("status said full: %v; store.full alarms delivered: %d", full, alarms)
 
 	// The store is intact: a clean stop, then the store opens without recovery.
-	a.kill(syscall.SIGTERM)
-	if code := a.exitCode(); code != 0 {
+	if code := a.Stop(); code != 0 {
 		t.Errorf("agent exit status %d after SIGTERM", code)
 	}
-	db, err := store.Open(s.storePath(), nil)
+	db, err := store.Open(s.StorePath(), nil)
 	if err != nil {
 		t.Fatalf("store after the full file system: %v", err)
 	}
@@ -224,9 +223,9 @@ func TestBrokenStore(t *testing.T) {
 	// A real store with a backlog, written by the agent and closed cleanly.
 	s0 := newSpec(t, sw.URL())
 	a0 := startAgent(t, s0)
-	a0.mustTap("--count", "300")
-	a0.kill(syscall.SIGTERM)
-	orig, err := os.ReadFile(s0.storePath())
+	a0.MustTap("--count", "300")
+	a0.Stop()
+	orig, err := os.ReadFile(s0.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,30 +247,30 @@ func TestBrokenStore(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSpec(t, b.URL())
-			if err := os.MkdirAll(s.dataDir(), 0o700); err != nil {
+			if err := os.MkdirAll(s.DataDir(), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(s.storePath(), tc.data, 0o600); err != nil {
+			if err := os.WriteFile(s.StorePath(), tc.data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			obs := observe(t, b.URL(), s.prefix+"/+/events")
+			obs := observe(t, b.URL(), s.Prefix+"/+/events")
 			a := startAgent(t, s)
 			// station.boot follows store.recovered: once it is in, the alarm would be too.
 			obs.waitType("station.boot", 30*time.Second)
 			want := map[string]bool{}
-			for _, l := range a.mustTap("--count", "5") {
+			for _, l := range a.MustTap("--count", "5") {
 				want[l.ID] = true
 			}
 			obs.waitIDs(want, 30*time.Second)
 			recs := obs.records()
-			checkSeq(t, recs)
-			var alarm *wireRecord
+			stationproc.CheckSeq(t, recs)
+			var alarm *stationproc.Record
 			for i, r := range recs {
 				if r.Type == "store.recovered" {
 					alarm = &recs[i]
 				}
 			}
-			matches, _ := filepath.Glob(s.storePath() + ".broken-*")
+			matches, _ := filepath.Glob(s.StorePath() + ".broken-*")
 			if alarm == nil {
 				t.Fatal("no store.recovered alarm before station.boot")
 			}

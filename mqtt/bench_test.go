@@ -7,6 +7,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"station.dev/agent/mqtt"
+	"station.dev/agent/mqtt/brokertest"
 	"station.dev/agent/mqtt/internal/mqtttest"
 )
 
@@ -33,17 +34,17 @@ func benchPayloads() [][]byte {
 }
 
 func BenchmarkDrain(b *testing.B) {
-	br := mqtttest.NewBroker(b)
+	br := brokertest.New(b)
 	payloads := benchPayloads()
-	topic := "bench/" + mqtttest.Unique(b) + "/events"
+	topic := "bench/" + brokertest.UniquePrefix(b) + "/events"
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
 		out := mqtttest.NewMemOutbox()
 		out.Add(events, benchItems, func(seq uint64) []byte { return payloads[seq-1] })
 		l, err := mqtt.New(mqtt.Config{
-			Broker:   br.URL,
-			ClientID: mqtttest.Unique(b),
+			Broker:   br.URL(),
+			ClientID: brokertest.UniquePrefix(b),
 			Window:   benchWindow,
 			Streams:  []mqtt.Stream{{Name: events, Topic: topic, QoS: 1}},
 		}, out)
@@ -70,13 +71,13 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 func BenchmarkBarePaho(b *testing.B) {
-	br := mqtttest.NewBroker(b)
+	br := brokertest.New(b)
 	payloads := benchPayloads()
-	topic := "bench/" + mqtttest.Unique(b) + "/events"
+	topic := "bench/" + brokertest.UniquePrefix(b) + "/events"
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		o := paho.NewClientOptions().AddBroker(br.URL).SetClientID(mqtttest.Unique(b)).
+		o := paho.NewClientOptions().AddBroker(br.URL()).SetClientID(brokertest.UniquePrefix(b)).
 			SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).
 			SetStore(paho.NewMemoryStore())
 		c := paho.NewClient(o)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"station.dev/agent/mqtt"
+	"station.dev/agent/mqtt/brokertest"
 	"station.dev/agent/mqtt/internal/mqtttest"
 )
 
@@ -19,7 +20,7 @@ import (
 // test for any item the proxy did not see PUBACKed.
 type env struct {
 	t      *testing.T
-	broker *mqtttest.Broker
+	broker *brokertest.Broker
 	proxy  *mqtttest.Proxy
 	tr     *mqtttest.Tracker
 	out    *mqtttest.MemOutbox
@@ -33,9 +34,9 @@ const (
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, broker: mqtttest.NewBroker(t), out: mqtttest.NewMemOutbox()}
-	e.prefix = "stations-test/" + mqtttest.Unique(t)
-	e.proxy = mqtttest.NewProxy(t, e.broker.Addr)
+	e := &env{t: t, broker: brokertest.New(t), out: mqtttest.NewMemOutbox()}
+	e.prefix = "stations-test/" + brokertest.UniquePrefix(t)
+	e.proxy = mqtttest.NewProxy(t, e.broker.Addr())
 	e.tr = mqtttest.NewTracker(e.prefix + "/")
 	e.proxy.SetHook(e.tr.Hook)
 	e.out.BeforeDelete = func(stream string, seqs []uint64) error {
@@ -54,7 +55,7 @@ func newEnv(t *testing.T) *env {
 func (e *env) config() mqtt.Config {
 	return mqtt.Config{
 		Broker:         e.proxy.URL(),
-		ClientID:       mqtttest.Unique(e.t),
+		ClientID:       brokertest.UniquePrefix(e.t),
 		ConnectTimeout: 5 * time.Second,
 		AckTimeout:     5 * time.Second,
 		BackoffMin:     5 * time.Millisecond,
@@ -143,15 +144,15 @@ func TestDrainInOrderDeletesOnlyAfterPuback(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config()
 	cfg.Streams = append(cfg.Streams, mqtt.Stream{Name: telemetry, Topic: e.prefix + "/telemetry", QoS: 0})
-	obs := mqtttest.Subscribe(t, e.broker.URL, e.prefix+"/events")
+	obs := brokertest.Subscribe(t, e.broker.URL(), e.prefix+"/events", 4096)
 	e.add(events, 500)
 	e.add(telemetry, 20)
 
 	l, stop := run(t, cfg, e.out)
 	e.out.WaitEmpty(t)
 	for want := uint64(1); want <= 500; want++ {
-		m := obs.Next(t)
-		if got, _ := mqtttest.SeqOf([]byte(m.Payload)); got != want {
+		m := obs.Next(t, mqtttest.Timeout)
+		if got, _ := mqtttest.SeqOf(m.Payload); got != want {
 			t.Fatalf("subscriber got seq %d, want %d", got, want)
 		}
 	}
@@ -160,8 +161,8 @@ func TestDrainInOrderDeletesOnlyAfterPuback(t *testing.T) {
 	e.add(events, 10)
 	e.out.WaitEmpty(t)
 	for want := uint64(501); want <= 510; want++ {
-		m := obs.Next(t)
-		if got, _ := mqtttest.SeqOf([]byte(m.Payload)); got != want {
+		m := obs.Next(t, mqtttest.Timeout)
+		if got, _ := mqtttest.SeqOf(m.Payload); got != want {
 			t.Fatalf("subscriber got seq %d, want %d", got, want)
 		}
 	}
@@ -219,7 +220,7 @@ func TestBrokerRestartMidDrain(t *testing.T) {
 	f0 := l.Stats().Failures
 	e.proxy.SetDown(true)
 	e.proxy.Cut()
-	if e.broker.Embedded() {
+	if e.broker.InProcess() {
 		e.broker.Restart(t) // sessions and all: a real broker restart
 	}
 	// Lost, then at least one failed attempt while down.
@@ -313,17 +314,17 @@ func statusConfig(e *env) mqtt.Config {
 func TestLastWillRetainedWhenConnectionDropsAbruptly(t *testing.T) {
 	e := newEnv(t)
 	cfg := statusConfig(e)
-	obs := mqtttest.Subscribe(t, e.broker.URL, cfg.StatusTopic)
+	obs := brokertest.Subscribe(t, e.broker.URL(), cfg.StatusTopic, 4096)
 	l, stop := run(t, cfg, e.out)
-	obs.NextWith(t, `{"state":"online"}`)
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"online"}`)
 
 	e.proxy.SetDown(true)
 	e.proxy.Cut() // TCP closed without DISCONNECT
-	obs.NextWith(t, `{"state":"offline","reason":"lost"}`)
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"offline","reason":"lost"}`)
 	mqtttest.WaitStats(t, l, "disconnected", func(s mqtt.Stats) bool { return !s.Connected })
 
-	late := mqtttest.Subscribe(t, e.broker.URL, cfg.StatusTopic)
-	if m := late.Next(t); !m.Retained || m.Payload != `{"state":"offline","reason":"lost"}` {
+	late := brokertest.Subscribe(t, e.broker.URL(), cfg.StatusTopic, 4096)
+	if m := late.Next(t, mqtttest.Timeout); !m.Retained || string(m.Payload) != `{"state":"offline","reason":"lost"}` {
 		t.Fatalf("retained status = %+v, want the last will", m)
 	}
 	stop() // not connected: returns at once
@@ -332,14 +333,14 @@ func TestLastWillRetainedWhenConnectionDropsAbruptly(t *testing.T) {
 func TestCleanStopLeavesShutdownStatusRetained(t *testing.T) {
 	e := newEnv(t)
 	cfg := statusConfig(e)
-	obs := mqtttest.Subscribe(t, e.broker.URL, cfg.StatusTopic)
+	obs := brokertest.Subscribe(t, e.broker.URL(), cfg.StatusTopic, 4096)
 	l, stop := run(t, cfg, e.out)
-	obs.NextWith(t, `{"state":"online"}`)
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"online"}`)
 
 	stop()
-	obs.NextWith(t, `{"state":"offline","reason":"shutdown"}`)
-	late := mqtttest.Subscribe(t, e.broker.URL, cfg.StatusTopic)
-	if m := late.Next(t); !m.Retained || m.Payload != `{"state":"offline","reason":"shutdown"}` {
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"offline","reason":"shutdown"}`)
+	late := brokertest.Subscribe(t, e.broker.URL(), cfg.StatusTopic, 4096)
+	if m := late.Next(t, mqtttest.Timeout); !m.Retained || string(m.Payload) != `{"state":"offline","reason":"shutdown"}` {
 		t.Fatalf("retained status = %+v, want the shutdown status", m)
 	}
 	if l.Stats().Connected {
@@ -357,7 +358,7 @@ func TestUpdateStatusAndPublishNow(t *testing.T) {
 		state <- s
 		return []byte(`{"state":"online","n":"` + s + `"}`)
 	}
-	obs := mqtttest.Subscribe(t, e.broker.URL, e.prefix+"/#")
+	obs := brokertest.Subscribe(t, e.broker.URL(), e.prefix+"/#", 4096)
 	l, err := mqtt.New(cfg, e.out)
 	if err != nil {
 		t.Fatal(err)
@@ -366,17 +367,17 @@ func TestUpdateStatusAndPublishNow(t *testing.T) {
 		t.Fatal("PublishNow reported success before Run")
 	}
 	l, _ = run(t, cfg, e.out)
-	obs.NextWith(t, `{"state":"online","n":"one"}`)
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"online","n":"one"}`)
 
 	<-state
 	state <- "two"
 	l.UpdateStatus()
-	obs.NextWith(t, `{"state":"online","n":"two"}`)
+	obs.NextWith(t, mqtttest.Timeout, `{"state":"online","n":"two"}`)
 
 	if !l.PublishNow(e.prefix+"/telemetry", []byte(`{"t":1}`)) {
 		t.Fatal("PublishNow failed while connected")
 	}
-	if m := obs.NextWith(t, `{"t":1}`); m.Topic != e.prefix+"/telemetry" {
+	if m := obs.NextWith(t, mqtttest.Timeout, `{"t":1}`); m.Topic != e.prefix+"/telemetry" {
 		t.Fatalf("PublishNow delivered on %s", m.Topic)
 	}
 	if l.PublishNow(e.prefix+"/+", nil) {
@@ -438,11 +439,11 @@ func TestSubscriptionKeepsMessagesWhileAwayAndAckControlsRedelivery(t *testing.T
 	case <-time.After(mqtttest.Timeout):
 		t.Fatal("no SUBACK")
 	}
-	mqtttest.Publish(t, e.broker.URL, cmd, "probe", false)
+	brokertest.Publish(t, e.broker.URL(), cmd, []byte("probe"), false)
 	ack(next("probe"))
 
 	// Published while the link is away: delivered after it reconnects.
-	away(func() { mqtttest.Publish(t, e.broker.URL, cmd, "cmd-1", false) })
+	away(func() { brokertest.Publish(t, e.broker.URL(), cmd, []byte("cmd-1"), false) })
 	next("cmd-1") // not acknowledged
 
 	// Not acknowledged: delivered again on the next connection.
@@ -450,7 +451,7 @@ func TestSubscriptionKeepsMessagesWhileAwayAndAckControlsRedelivery(t *testing.T
 	ack(next("cmd-1"))
 
 	// Acknowledged: not delivered again; the next message is the new one.
-	away(func() { mqtttest.Publish(t, e.broker.URL, cmd, "cmd-2", false) })
+	away(func() { brokertest.Publish(t, e.broker.URL(), cmd, []byte("cmd-2"), false) })
 	ack(next("cmd-2"))
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/stationproc"
 )
 
 // agentSpec is one agent run: `station run --sim --config FILE`.
@@ -30,7 +31,7 @@ type agentSpec struct {
 
 // agentProc is a running agent and a client of its local API.
 type agentProc struct {
-	*proc
+	*stationproc.Process
 	spec agentSpec
 	sock string
 	http *http.Client
@@ -76,7 +77,7 @@ func (b *bench) startAgent(spec agentSpec) (*agentProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &agentProc{proc: p, spec: spec, sock: sock}
+	a := &agentProc{Process: p, spec: spec, sock: sock}
 	a.http = &http.Client{
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -103,8 +104,8 @@ type writeSnap struct {
 
 // snap reads the agent's counters.
 func (a *agentProc) snap(disk *diskCounter) (writeSnap, error) {
-	io, err1 := readIO(a.pid())
-	fi, err2 := os.Stat(a.log)
+	io, err1 := readIO(a.Pid())
+	fi, err2 := os.Stat(a.LogPath())
 	dev, err3 := disk.written()
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return writeSnap{}, err
@@ -127,34 +128,18 @@ func storeBytes(s0, s1 writeSnap, mqtt int64) int64 {
 // stopAgent stops the agent with SIGTERM (a clean stop) and reports a bad exit.
 func (b *bench) stopAgent(a *agentProc) error {
 	a.http.CloseIdleConnections()
-	if err := b.stopProc(a.proc); err != nil {
-		return fmt.Errorf("agent %s: %w\n%s", a.spec.id, err, a.tail(5))
+	if err := b.stopProc(a.Process); err != nil {
+		return fmt.Errorf("agent %s: %w\n%s", a.spec.id, err, a.Tail(5))
 	}
 	return nil
 }
 
-// waitReady polls the local API until it answers. Polling is the only way to learn when
-// another program serves; the deadline bounds it.
+// waitReady waits until the agent's local API answers.
 func (a *agentProc) waitReady(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var st contract.Status
-		err := a.get(ctx, contract.PathStatus, &st)
-		if err == nil {
-			return nil
-		}
-		if a.exited() {
-			return fmt.Errorf("agent %s exited: %v\n%s", a.spec.id, a.err, a.tail(5))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("agent %s not ready after %v: %w\n%s", a.spec.id, timeout, err, a.tail(5))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := stationproc.WaitReady(ctx, a.Process, a.sock, timeout); err != nil {
+		return fmt.Errorf("agent %s not ready: %w\n%s", a.spec.id, err, a.Tail(5))
 	}
+	return nil
 }
 
 // get fetches a JSON document from the local API.
@@ -224,8 +209,8 @@ func (a *agentProc) waitQueue(ctx context.Context, interval, timeout time.Durati
 		if err == nil && cond(q) {
 			return q, nil
 		}
-		if a.exited() {
-			return q, fmt.Errorf("agent %s exited: %v\n%s", a.spec.id, a.err, a.tail(5))
+		if a.Exited() {
+			return q, fmt.Errorf("agent %s exited: %v\n%s", a.spec.id, a.Err(), a.Tail(5))
 		}
 		if time.Now().After(deadline) {
 			if err == nil {

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"station.dev/agent/internal/stationproc"
 )
 
 // bench holds what a run has started and measured.
@@ -35,7 +37,7 @@ type bench struct {
 	appendP50ms float64 // store.Append p50, for the share of the store in a tap
 
 	mu      sync.Mutex
-	procs   []*proc
+	procs   []*stationproc.Process
 	figures []figure
 	notes   []string
 	ids     int
@@ -93,8 +95,8 @@ func (b *bench) cleanup() error {
 	var errs []error
 	// The newest first: agents and probes before the broker they use.
 	for i := len(procs) - 1; i >= 0; i-- {
-		if err := procs[i].stop(10 * time.Second); err != nil && !isSignalExit(err) {
-			errs = append(errs, fmt.Errorf("stopping %s: %w", procs[i].name, err))
+		if err := procs[i].Stop(10 * time.Second); err != nil && !isSignalExit(err) {
+			errs = append(errs, fmt.Errorf("stopping %s: %w", procs[i].Name(), err))
 		}
 	}
 	if b.o.keep {
@@ -235,7 +237,7 @@ func (b *bench) build(ctx context.Context) error {
 	}
 	b.bin = filepath.Join(dir, "station")
 	b.probe = filepath.Join(dir, "station-bench-probe")
-	if err := b.goCmd(ctx, nil, "build", "-o", b.bin, "./cmd/station"); err != nil {
+	if err := stationproc.Build(ctx, b.bin, false); err != nil {
 		return err
 	}
 	return b.goCmd(ctx, nil, "test", "-c", "-o", b.probe, "./cmd/station-bench")
@@ -259,29 +261,12 @@ func (b *bench) binarySize(ctx context.Context) error {
 
 // startProc starts cmd as a registered process, its stderr (and stdout, unless already set)
 // going to a log file in the work directory. It dies with the benchmark should the benchmark
-// be killed (Pdeathsig); normally cleanup stops it.
-func (b *bench) startProc(name string, cmd *exec.Cmd) (*proc, error) {
-	logPath := filepath.Join(b.work, name+".log")
-	lf, err := os.Create(logPath)
+// be killed; normally cleanup stops it.
+func (b *bench) startProc(name string, cmd *exec.Cmd) (*stationproc.Process, error) {
+	p, err := stationproc.StartProcess(name, cmd, filepath.Join(b.work, name+".log"), nil)
 	if err != nil {
 		return nil, err
 	}
-	defer lf.Close() // the child has its own descriptor
-	cmd.Stderr = lf
-	if cmd.Stdout == nil {
-		cmd.Stdout = lf
-	}
-	// Its own process group, so a Ctrl-C in the terminal reaches the benchmark only, which
-	// then stops its children in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	b.mu.Lock()
 	b.procs = append(b.procs, p)
 	b.mu.Unlock()
@@ -289,8 +274,8 @@ func (b *bench) startProc(name string, cmd *exec.Cmd) (*proc, error) {
 }
 
 // stopProc stops p and forgets it.
-func (b *bench) stopProc(p *proc) error {
-	err := p.stop(10 * time.Second)
+func (b *bench) stopProc(p *stationproc.Process) error {
+	err := p.Stop(10 * time.Second)
 	b.mu.Lock()
 	for i, q := range b.procs {
 		if q == p {
@@ -355,7 +340,7 @@ log_type warning
 		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if err := waitListening(ctx, p, addr, 5*time.Second); err != nil {
-			lastErr = fmt.Errorf("%w\n%s", err, p.tail(5))
+			lastErr = fmt.Errorf("%w\n%s", err, p.Tail(5))
 			_ = b.stopProc(p)
 			continue // most likely the port was taken meanwhile: try another
 		}
@@ -379,25 +364,17 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// waitListening polls until addr accepts a connection. Polling is the only way to learn when
-// another program listens; the deadline bounds it.
-func waitListening(ctx context.Context, p *proc, addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+// waitListening polls until addr accepts a connection.
+func waitListening(ctx context.Context, p *stationproc.Process, addr string, timeout time.Duration) error {
+	err := stationproc.Poll(ctx, p, timeout, 20*time.Millisecond, func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			return c.Close()
+		if err != nil {
+			return err
 		}
-		if p.exited() {
-			return fmt.Errorf("%s exited: %v", p.name, p.err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not listening on %s after %v", p.name, addr, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+		return c.Close()
+	})
+	if err != nil {
+		return fmt.Errorf("%s not listening on %s: %w", p.Name(), addr, err)
 	}
+	return nil
 }

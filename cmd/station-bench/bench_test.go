@@ -119,13 +119,6 @@ func TestParseProcFiles(t *testing.T) {
 		t.Error("missing field: no error")
 	}
 
-	if v, err := parseKB("   13488 kB"); err != nil || v != 13488 {
-		t.Errorf("parseKB = %d, %v", v, err)
-	}
-	if _, err := parseKB("13488"); err == nil {
-		t.Error("parseKB without unit: no error")
-	}
-
 	blk := "  147179    25097  7444106    82523  2065194   185046 49048056   415519        0   115028   545309"
 	if v, err := parseSectorsWritten(blk); err != nil || v != 49048056*512 {
 		t.Errorf("parseSectorsWritten = %d, %v", v, err)

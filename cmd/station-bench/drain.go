@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/store"
 )
 
@@ -65,12 +66,12 @@ func (a *agentProc) drainTime(ctx context.Context, interval, timeout time.Durati
 		now := time.Now()
 		connected := err == nil && st.Link != nil && st.Link.Connected
 		if connected && cpu0 < 0 {
-			if cpu0, err = readCPU(a.pid()); err != nil {
+			if cpu0, err = readCPU(a.Pid()); err != nil {
 				return 0, 0, err
 			}
 		}
 		if connected && st.Queue.Depth == 0 {
-			cpu1, err := readCPU(a.pid())
+			cpu1, err := readCPU(a.Pid())
 			if err != nil {
 				return 0, 0, err
 			}
@@ -83,8 +84,8 @@ func (a *agentProc) drainTime(ctx context.Context, interval, timeout time.Durati
 			}
 			return now.Sub(since), cpu1 - cpu0, nil
 		}
-		if a.exited() {
-			return 0, 0, fmt.Errorf("agent %s exited: %v\n%s", a.spec.id, a.err, a.tail(5))
+		if a.Exited() {
+			return 0, 0, fmt.Errorf("agent %s exited: %v\n%s", a.spec.id, a.Err(), a.Tail(5))
 		}
 		if now.After(deadline) {
 			return 0, 0, fmt.Errorf("agent %s: queue not empty after %v (depth %d, err %v)", a.spec.id, timeout, st.Queue.Depth, err)
@@ -195,49 +196,16 @@ func (b *bench) backlog(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, b.stopAgent(a)) }()
 
-	var (
-		mu      sync.Mutex
-		peak    procMem // the sample with the highest VmRSS
-		peakAn  int64
-		samples int
-	)
-	stop := make(chan struct{})
-	sampled := make(chan error, 1)
-	go func() {
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			m, err := readMem(a.pid())
-			if err != nil {
-				sampled <- err
-				return
-			}
-			mu.Lock()
-			if m.RSS > peak.RSS {
-				peak = m
-			}
-			peakAn = max(peakAn, m.Anon)
-			samples++
-			mu.Unlock()
-			select {
-			case <-stop:
-				sampled <- nil
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	sampler := stationproc.SampleMemory(a.Pid(), 100*time.Millisecond)
 	elapsed, _, werr := a.drainTime(ctx, 250*time.Millisecond, pick(b, 8*time.Minute, 90*time.Second))
-	close(stop)
-	if err := errors.Join(werr, <-sampled); err != nil {
+	peak, samples, serr := sampler.Stop()
+	if err := errors.Join(werr, serr); err != nil {
 		return err
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	b.progress("   drained %d records in %.1fs (%.0f/s); %d samples; peak VmRSS %.1f MiB (anon %.1f, file %.1f); peak anon %.1f MiB",
-		n, elapsed.Seconds(), float64(n)/elapsed.Seconds(), samples, mib(peak.RSS), mib(peak.Anon), mib(peak.File), mib(peakAn))
+	b.progress("   drained %d records in %.1fs (%.0f/s); %d samples; peak VmRSS %.1f MiB, RssAnon %.1f MiB, RssFile %.1f MiB (each its highest sample)",
+		n, elapsed.Seconds(), float64(n)/elapsed.Seconds(), samples, mib(peak.RSS), mib(peak.Anon), mib(peak.File))
 	b.emit("rss_backlog_"+name+"_mib", mib(peak.RSS), "MiB")
-	b.emit("rss_backlog_"+name+"_anon_mib", mib(peakAn), "MiB")
+	b.emit("rss_backlog_"+name+"_anon_mib", mib(peak.Anon), "MiB")
 	b.emit("drain_backlog_"+name+"_rate_per_s", float64(n)/elapsed.Seconds(), "records/s")
 	return nil
 }

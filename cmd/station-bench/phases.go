@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/stationproc"
 )
 
 // pick returns quick in a -quick run, full otherwise.
@@ -61,7 +62,7 @@ func (b *bench) startToOnline(ctx context.Context) (err error) {
 			}
 		}
 		if err != nil {
-			return errors.Join(fmt.Errorf("run %d: %w\n%s", i+1, err, a.tail(5)), b.stopAgent(a))
+			return errors.Join(fmt.Errorf("run %d: %w\n%s", i+1, err, a.Tail(5)), b.stopAgent(a))
 		}
 		ms = append(ms, float64(m.At-t0)/1e6)
 		if err := b.stopAgent(a); err != nil {
@@ -95,33 +96,22 @@ func (b *bench) idle(ctx context.Context) (err error) {
 	if err := pause(ctx, settle); err != nil {
 		return err
 	}
-	pid := a.pid()
+	pid := a.Pid()
 	cpu0, err1 := readCPU(pid)
 	io0, err2 := readIO(pid)
 	if err := errors.Join(err1, err2); err != nil {
 		return err
 	}
 	t0 := time.Now()
-	var peak procMem
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for end := t0.Add(window); time.Now().Before(end); {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-		m, err := readMem(pid)
-		if err != nil {
-			return err
-		}
-		if m.RSS > peak.RSS {
-			peak = m
-		}
+	sampler := stationproc.SampleMemory(pid, time.Second)
+	perr := pause(ctx, window)
+	peak, _, serr := sampler.Stop()
+	if err := errors.Join(perr, serr); err != nil {
+		return err
 	}
 	cpu1, err1 := readCPU(pid)
 	io1, err2 := readIO(pid)
-	end, err3 := readMem(pid)
+	end, err3 := stationproc.ReadMemory(pid)
 	elapsed := time.Since(t0)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return err

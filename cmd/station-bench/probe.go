@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"station.dev/agent/internal/stationproc"
 )
 
 // probeEnv, set in its environment, makes the probe binary (this package's test binary) run
@@ -97,7 +99,7 @@ func (m subMsg) wireBytes() int64 {
 
 // subscriber is a running subscriber probe: an MQTT client (QoS 1) on the benchmark's broker.
 type subscriber struct {
-	p     *proc
+	p     *stationproc.Process
 	stdin *os.File      // closing it ends the probe
 	msgs  chan subMsg   // what it received, in order; closed when its output ends
 	quit  chan struct{} // closed by close, so the reader never blocks on msgs
@@ -137,7 +139,7 @@ func (b *bench) subscribe(ctx context.Context, filter string) (*subscriber, erro
 		err = errors.New("no subscription after 15s")
 	}
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("subscriber: %w\n%s", err, p.tail(5)), b.closeSub(s))
+		return nil, errors.Join(fmt.Errorf("subscriber: %w\n%s", err, p.Tail(5)), b.closeSub(s))
 	}
 	return s, nil
 }
@@ -179,7 +181,7 @@ func (s *subscriber) next(ctx context.Context, timeout time.Duration) (subMsg, e
 	select {
 	case m, ok := <-s.msgs:
 		if !ok {
-			return subMsg{}, fmt.Errorf("subscriber: %w\n%s", s.err, s.p.tail(5))
+			return subMsg{}, fmt.Errorf("subscriber: %w\n%s", s.err, s.p.Tail(5))
 		}
 		return m, nil
 	case <-ctx.Done():
@@ -196,11 +198,11 @@ func (b *bench) closeSub(s *subscriber) error {
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
 	select {
-	case <-s.p.done:
+	case <-s.p.Done():
 	case <-t.C: // stopProc terminates it
 	}
 	if err := b.stopProc(s.p); err != nil {
-		return fmt.Errorf("subscriber: %w\n%s", err, s.p.tail(5))
+		return fmt.Errorf("subscriber: %w\n%s", err, s.p.Tail(5))
 	}
 	return nil
 }
@@ -240,14 +242,14 @@ func (b *bench) runProbe(ctx context.Context, name string, timeout time.Duration
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-ctx.Done():
 		return errors.Join(ctx.Err(), b.stopProc(p))
 	case <-t.C:
 		return errors.Join(fmt.Errorf("%s probe took longer than %v", name, timeout), b.stopProc(p))
 	}
 	if err := b.stopProc(p); err != nil {
-		return fmt.Errorf("%s probe: %w\n%s", name, err, p.tail(5))
+		return fmt.Errorf("%s probe: %w\n%s", name, err, p.Tail(5))
 	}
 	// Wait has returned: the copy into out is complete.
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")

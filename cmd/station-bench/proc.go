@@ -1,81 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// proc is a child process the benchmark started. Every proc is registered with its bench and
-// stopped by bench.cleanup if nothing stopped it before.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string        // file holding its stderr (and stdout unless piped)
-	done chan struct{} // closed when the process has exited and been reaped
-	err  error         // Wait's error, set before done is closed
-	once sync.Once
-}
-
-// pid returns the process id.
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// exited reports whether the process has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop asks the process to end with SIGTERM and kills it if it has not ended within grace.
-// It returns the error of a process that ended badly, or of one that had to be killed.
-func (p *proc) stop(grace time.Duration) error {
-	var err error
-	p.once.Do(func() {
-		if p.exited() {
-			err = p.err
-			return
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		t := time.NewTimer(grace)
-		defer t.Stop()
-		select {
-		case <-p.done:
-			err = p.err
-		case <-t.C:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			err = fmt.Errorf("%s did not stop within %v of SIGTERM: killed", p.name, grace)
-		}
-	})
-	return err
-}
-
-// tail returns the last lines of the process's log, for error messages.
-func (p *proc) tail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds. Unlike time.Now's monotonic reading it is the
 // same clock in every process of the machine, so times stamped by the probe processes compare
@@ -86,60 +20,6 @@ func monoNow() int64 {
 		panic(err) // CLOCK_MONOTONIC exists on every Linux
 	}
 	return ts.Nano()
-}
-
-// procMem is a process's resident memory, from /proc/PID/status.
-type procMem struct {
-	RSS  int64 // VmRSS: everything resident, file-backed mappings (the bbolt map) included
-	Anon int64 // RssAnon: heap, stacks: what the process itself allocated
-	File int64 // RssFile: resident pages of mapped files (the binary, the bbolt file)
-}
-
-// readMem reads /proc/PID/status.
-func readMem(pid int) (procMem, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procMem{}, err
-	}
-	var m procMem
-	found := 0
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		var dst *int64
-		switch k {
-		case "VmRSS":
-			dst = &m.RSS
-		case "RssAnon":
-			dst = &m.Anon
-		case "RssFile":
-			dst = &m.File
-		default:
-			continue
-		}
-		kb, err := parseKB(v)
-		if err != nil {
-			return procMem{}, fmt.Errorf("/proc/%d/status %s: %w", pid, k, err)
-		}
-		*dst = kb << 10
-		found++
-	}
-	if found < 3 {
-		return procMem{}, fmt.Errorf("/proc/%d/status: VmRSS, RssAnon or RssFile missing", pid)
-	}
-	return m, nil
-}
-
-// parseKB parses a /proc/PID/status value such as "   1234 kB".
-func parseKB(v string) (int64, error) {
-	f := strings.Fields(v)
-	if len(f) != 2 || f[1] != "kB" {
-		return 0, fmt.Errorf("unexpected value %q", v)
-	}
-	return strconv.ParseInt(f[0], 10, 64)
 }
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100 on every Linux

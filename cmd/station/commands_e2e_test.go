@@ -6,15 +6,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/contract"
+
+	"station.dev/agent/agent/command"
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
@@ -30,31 +29,31 @@ type wireResponse struct {
 type cmdFixture struct {
 	t      *testing.T
 	url    string
-	spec   agentSpec
-	p      *agentProc
-	resp   *brokertest.Subscriber
-	events *brokertest.Subscriber
+	spec   stationproc.Config
+	p      *stationproc.Agent
+	resp   *brokertest.Client
+	events *brokertest.Client
 }
 
 func newCmdFixture(t *testing.T, extraConfig string) *cmdFixture {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
 	f := &cmdFixture{t: t, url: url, spec: s}
-	f.resp = brokertest.Subscribe(t, url, s.prefix+"/+/resp", 1000)
-	f.events = brokertest.Subscribe(t, url, s.prefix+"/+/events", 1000)
+	f.resp = brokertest.Subscribe(t, url, s.Prefix+"/+/resp", 1000)
+	f.events = brokertest.Subscribe(t, url, s.Prefix+"/+/events", 1000)
 	f.start(extraConfig)
 	return f
 }
 
 func (f *cmdFixture) start(extraConfig string) {
 	// The container's kernel clock may say "unsynchronised"; the expiry test needs a trusted clock.
-	cfg := filepath.Join(f.t.TempDir(), "extra.toml")
-	os.WriteFile(cfg, []byte("[clock]\nassume_synced = true\n"+extraConfig), 0o600)
-	f.p = startAgentWithConfig(f.t, f.spec, cfg)
+	s := f.spec
+	s.TOML = "[clock]\nassume_synced = true\n" + extraConfig
+	f.p = stationproc.Start(f.t, s)
 	waitType(f.t, f.events, "station.boot")
 }
 
-func (f *cmdFixture) topic() string { return f.spec.prefix + "/" + f.spec.id + "/cmd" }
+func (f *cmdFixture) topic() string { return f.spec.Prefix + "/" + f.spec.StationID + "/cmd" }
 
 func (f *cmdFixture) send(payload []byte) {
 	brokertest.Publish(f.t, f.url, f.topic(), payload, false)
@@ -62,7 +61,7 @@ func (f *cmdFixture) send(payload []byte) {
 
 func (f *cmdFixture) sendCmd(c map[string]any) string {
 	if _, ok := c["target"]; !ok {
-		c["target"] = f.spec.id
+		c["target"] = f.spec.StationID
 	}
 	b, _ := json.Marshal(c)
 	f.send(b)
@@ -73,21 +72,15 @@ func (f *cmdFixture) sendCmd(c map[string]any) string {
 // response waits for the response to command id.
 func (f *cmdFixture) response(id string) wireResponse {
 	f.t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case m := <-f.resp.C:
-			var r wireResponse
-			if err := json.Unmarshal(m.Payload, &r); err != nil {
-				f.t.Fatalf("response is not JSON: %q", m.Payload)
-			}
-			if r.ID == id {
-				return r
-			}
-		case <-deadline:
-			f.t.Fatalf("no response to command %q within 30s", id)
+	var r wireResponse
+	f.resp.NextMatch(f.t, 30*time.Second, "response to command "+id, func(m brokertest.Message) bool {
+		r = wireResponse{}
+		if err := json.Unmarshal(m.Payload, &r); err != nil {
+			f.t.Fatalf("response is not JSON: %q", m.Payload)
 		}
-	}
+		return r.ID == id
+	})
+	return r
 }
 
 func (f *cmdFixture) wantError(id, code string) {
@@ -104,16 +97,6 @@ func (f *cmdFixture) ping() {
 	if r := f.response(id); !r.OK {
 		f.t.Fatalf("ping after malformed input: %+v", r)
 	}
-}
-
-// startAgentWithConfig starts an agent whose config file gets extra TOML appended.
-func startAgentWithConfig(t *testing.T, s agentSpec, extraFile string) *agentProc {
-	extra, err := os.ReadFile(extraFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.extraTOML = string(extra)
-	return startAgent(t, s)
 }
 
 func TestMalformedCommands(t *testing.T) {
@@ -146,7 +129,7 @@ func TestMalformedCommands(t *testing.T) {
 
 	// Fleet-wide commands are answered too.
 	b, _ := json.Marshal(map[string]any{"id": "fleet-1", "name": "ping", "target": "*"})
-	brokertest.Publish(t, f.url, f.spec.prefix+"/_fleet/cmd", b, false)
+	brokertest.Publish(t, f.url, f.spec.Prefix+"/_fleet/cmd", b, false)
 	if r := f.response("fleet-1"); !r.OK {
 		t.Fatalf("fleet ping: %+v", r)
 	}
@@ -161,7 +144,7 @@ func TestSignedCommands(t *testing.T) {
 	f.wantError(f.sendCmd(map[string]any{"id": "unsigned-1", "name": "ping"}), contract.CodeUnauthorized)
 
 	sign := func(k ed25519.PrivateKey, id string) []byte {
-		plain, _ := json.Marshal(map[string]any{"id": id, "name": "ping", "target": f.spec.id})
+		plain, _ := json.Marshal(map[string]any{"id": id, "name": "ping", "target": f.spec.StationID})
 		env, err := command.Sign(k, "", plain)
 		if err != nil {
 			t.Fatal(err)
@@ -187,7 +170,7 @@ func TestSignedCommands(t *testing.T) {
 func TestCommandWhileOfflineRunsOnce(t *testing.T) {
 	f := newCmdFixture(t, "")
 	f.ping() // the persistent session exists
-	f.p.kill(syscall.SIGTERM)
+	f.p.Stop()
 
 	id := f.sendCmd(map[string]any{"id": "offline-1", "name": "config.set", "args": map[string]any{"telemetry": map[string]any{"interval": "45s"}}})
 	f.start("")
@@ -202,7 +185,7 @@ func TestCommandWhileOfflineRunsOnce(t *testing.T) {
 	}
 
 	// The override survives a restart; an invalid config.set changes nothing.
-	f.p.kill(syscall.SIGTERM)
+	f.p.Stop()
 	f.start("")
 	bad := f.sendCmd(map[string]any{"id": "bad-set-1", "name": "config.set", "args": map[string]any{"telemetry": map[string]any{"interval": "10ms"}}})
 	f.wantError(bad, contract.CodeBadRequest)

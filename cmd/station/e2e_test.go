@@ -4,225 +4,43 @@ package main
 // SIGKILL), on emulated hardware, against a real broker (embedded, or Mosquitto in CI).
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
 
-var stationBin string
+func TestMain(m *testing.M) { os.Exit(stationproc.Main(m)) }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "station-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	stationBin = filepath.Join(dir, "station")
-	args := []string{"build", "-o", stationBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, ".")...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building station:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// agentProc is one running `station run --sim`.
-type agentProc struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	socket  string
-	dataDir string
-	id      string
-	prefix  string
-	broker  string
-	log     *syncBuffer
-	exited  chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-type agentSpec struct {
-	dataDir, socket, id, broker, prefix string
-	extra                               []string
-	extraTOML                           string   // appended to the config file
-	env                                 []string // added to the environment
-}
-
-// startAgent starts the agent and waits until it logs that it runs (store open, socket listening).
-func startAgent(t *testing.T, s agentSpec) *agentProc {
-	t.Helper()
-	args := []string{"run", "--sim", "--broker", s.broker, "--data-dir", s.dataDir,
-		"--socket", s.socket, "--station-id", s.id, "--log-level", "debug"}
-	cfg := filepath.Join(s.dataDir, "..", s.id+".toml")
-	// The tests tap in bursts: poll the emulated reader every millisecond, as the default 100ms
-	// would pace a burst at about five taps a second.
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[mqtt]\ntopic_prefix = %q\nbackoff_max = \"1s\"\n[reader]\npoll_interval = \"1ms\"\n%s", s.prefix, s.extraTOML)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	args = append(args, "--config", cfg)
-	args = append(args, s.extra...)
-	cmd := stationCommand(args...)
-	cmd.Env = append(os.Environ(), s.env...)
-	pr, pw := io.Pipe()
-	cmd.Stderr = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &agentProc{t: t, cmd: cmd, socket: s.socket, dataDir: s.dataDir, id: s.id, prefix: s.prefix,
-		broker: s.broker, log: &syncBuffer{}, exited: make(chan struct{})}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pr)
-		once := sync.Once{}
-		for sc.Scan() {
-			line := sc.Text()
-			p.log.Write([]byte(line + "\n"))
-			if strings.Contains(line, "station agent running") {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	go func() {
-		_ = cmd.Wait()
-		pw.Close()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		p.kill(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.log.String())
-		}
-	})
-	select {
-	case <-ready:
-	case <-p.exited:
-		t.Fatalf("agent exited at start:\n%s", p.log.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("agent not running after 30s:\n%s", p.log.String())
-	}
-	return p
-}
-
-func (p *agentProc) kill(sig syscall.Signal) {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.exited:
-	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		p.t.Errorf("agent did not stop within 20s of %v", sig)
-	}
-}
-
-// station runs a CLI command against this agent and returns stdout, stderr and the exit code.
-func (p *agentProc) station(args ...string) (string, string, int) {
-	return runStation(append(args, "--socket", p.socket)...)
-}
-
-// stationCommand runs the station binary, under the emulator when the tests run under one
-// (.ci/arm-tests.sh sets STATION_TEST_QEMU).
-func stationCommand(args ...string) *exec.Cmd {
-	if q := os.Getenv("STATION_TEST_QEMU"); q != "" {
-		return exec.Command(q, append([]string{stationBin}, args...)...)
-	}
-	return exec.Command(stationBin, args...)
-}
-
-func runStation(args ...string) (string, string, int) {
-	cmd := stationCommand(args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-	}
-	return out.String(), errb.String(), code
-}
-
-type wireRecord struct {
-	ID   string `json:"id"`
-	Seq  uint64 `json:"seq"`
-	Type string `json:"type"`
-	Card *struct {
-		Kind, Token, Masked string
-	} `json:"card"`
-}
-
-type tapLine struct {
-	OK    bool   `json:"ok"`
-	ID    string `json:"id"`
-	Seq   uint64 `json:"seq"`
-	Error string `json:"error"`
-}
-
-// newSpec makes a fresh station spec with its own directory, socket and topics.
-func newSpec(t *testing.T, broker string) agentSpec {
-	dir := t.TempDir()
-	return agentSpec{
-		dataDir: filepath.Join(dir, "data"),
-		socket:  filepath.Join(dir, "station.sock"),
-		id:      "e2e-" + fmt.Sprint(os.Getpid()%10000) + "-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))[:min(20, len(t.Name()))],
-		broker:  broker,
-		prefix:  brokertest.UniquePrefix(t),
-	}
+// newSpec makes a fresh station spec with its own directory, socket and topics, logging at
+// debug level (TestNoCardDataLeaves reads everything it logs).
+func newSpec(t *testing.T, broker string) stationproc.Config {
+	s := stationproc.NewConfig(t, broker)
+	s.Prefix = brokertest.UniquePrefix(t)
+	s.LogLevel = "debug"
+	return s
 }
 
 // collect reads events until every id in want has arrived, checking order and duplicates.
 // It returns the records in arrival order.
-func collectEvents(t *testing.T, sub *brokertest.Subscriber, want map[string]bool, timeout time.Duration) []wireRecord {
+func collectEvents(t *testing.T, sub *brokertest.Client, want map[string]bool, timeout time.Duration) []stationproc.Record {
 	t.Helper()
-	var got []wireRecord
+	var got []stationproc.Record
 	missing := len(want)
 	seen := map[string]bool{}
 	deadline := time.After(timeout)
 	for missing > 0 {
 		select {
 		case m := <-sub.C:
-			var r wireRecord
-			if err := json.Unmarshal(m.Payload, &r); err != nil {
+			r, err := stationproc.ParseRecord(m.Topic, m.Payload, time.Now())
+			if err != nil {
 				t.Fatalf("event is not JSON: %q", m.Payload)
 			}
 			got = append(got, r)
@@ -237,55 +55,14 @@ func collectEvents(t *testing.T, sub *brokertest.Subscriber, want map[string]boo
 	return got
 }
 
-// checkSeq checks that the delivered records cover seq 1..max without gaps, and that a seq seen
-// twice always carries the same id (duplicates only by redelivery).
-func checkSeq(t *testing.T, recs []wireRecord) uint64 {
-	t.Helper()
-	bySeq := map[uint64]string{}
-	var maxSeq uint64
-	for _, r := range recs {
-		if id, ok := bySeq[r.Seq]; ok && id != r.ID {
-			t.Fatalf("seq %d carried two ids: %s and %s", r.Seq, id, r.ID)
-		}
-		bySeq[r.Seq] = r.ID
-		maxSeq = max(maxSeq, r.Seq)
-	}
-	for s := uint64(1); s <= maxSeq; s++ {
-		if _, ok := bySeq[s]; !ok {
-			t.Fatalf("seq %d missing (max %d): gap in the events stream", s, maxSeq)
-		}
-	}
-	return maxSeq
-}
-
-func tapJSON(t *testing.T, p *agentProc, args ...string) []tapLine {
-	t.Helper()
-	out, stderr, code := p.station(append([]string{"tap", "--json"}, args...)...)
-	var lines []tapLine
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if l == "" {
-			continue
-		}
-		var tl tapLine
-		if err := json.Unmarshal([]byte(l), &tl); err != nil {
-			t.Fatalf("tap --json line %q: %v", l, err)
-		}
-		lines = append(lines, tl)
-	}
-	if code != 0 {
-		t.Fatalf("station tap exit %d: %s\n%s", code, stderr, out)
-	}
-	return lines
-}
-
 func TestTapReachesBroker(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 1000)
-	p := startAgent(t, s)
+	sub := brokertest.Subscribe(t, url, s.Prefix+"/+/events", 1000)
+	p := stationproc.Start(t, s)
 
-	lines := tapJSON(t, p, "--count", "5")
-	lines = append(lines, tapJSON(t, p, "--card", "ntag")...)
+	lines := p.MustTap("--count", "5")
+	lines = append(lines, p.MustTap("--card", "ntag")...)
 	want := map[string]bool{}
 	for _, l := range lines {
 		if !l.OK || l.ID == "" || l.Seq == 0 {
@@ -294,7 +71,7 @@ func TestTapReachesBroker(t *testing.T) {
 		want[l.ID] = true
 	}
 	recs := collectEvents(t, sub, want, 30*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	var taps int
 	for _, r := range recs {
 		if r.Type == "card.tap" {
@@ -308,12 +85,12 @@ func TestTapReachesBroker(t *testing.T) {
 		t.Fatalf("got %d card.tap records, want 6", taps)
 	}
 	// Human output and the status command.
-	out, _, code := p.station("tap")
+	out, _, code := p.CLI("tap")
 	if code != 0 || !strings.HasPrefix(out, "recorded  seq ") {
 		t.Fatalf("tap: exit %d, %q", code, out)
 	}
-	out, stderr, code := p.station("status")
-	if code != 0 || !strings.Contains(out, s.id) || !strings.Contains(out, "queue") {
+	out, stderr, code := p.CLI("status")
+	if code != 0 || !strings.Contains(out, s.StationID) || !strings.Contains(out, "queue") {
 		t.Fatalf("status: exit %d, %q %q", code, out, stderr)
 	}
 }
@@ -321,14 +98,13 @@ func TestTapReachesBroker(t *testing.T) {
 func TestTapsWhileBrokerDownDeliveredInOrder(t *testing.T) {
 	// The outage needs a broker this test can stop: always embedded.
 	b := brokertest.Embedded(t, "127.0.0.1:0")
-	addr := b.Addr()
 	url := b.URL()
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s := newSpec(t, url)
-	p := startAgent(t, s)
-	lines := tapJSON(t, p, "--count", "30")
+	p := stationproc.Start(t, s)
+	lines := p.MustTap("--count", "30")
 	want := map[string]bool{}
 	for _, l := range lines {
 		if !l.OK {
@@ -336,16 +112,16 @@ func TestTapsWhileBrokerDownDeliveredInOrder(t *testing.T) {
 		}
 		want[l.ID] = true
 	}
-	out, _, _ := p.station("queue", "--json")
+	out, _, _ := p.CLI("queue", "--json")
 	var q struct{ Depth int }
 	if err := json.Unmarshal([]byte(out), &q); err != nil || q.Depth < 30 {
 		t.Fatalf("queue while offline: %q (%v)", out, err)
 	}
 
-	b2 := brokertest.Embedded(t, addr)
-	sub := brokertest.Subscribe(t, b2.URL(), s.prefix+"/+/events", 1000)
+	b.Restart(t)
+	sub := brokertest.Subscribe(t, b.URL(), s.Prefix+"/+/events", 1000)
 	recs := collectEvents(t, sub, want, 60*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	var last uint64
 	for _, r := range recs {
 		if r.Seq <= last {
@@ -358,91 +134,64 @@ func TestTapsWhileBrokerDownDeliveredInOrder(t *testing.T) {
 func TestKill9MidBurstLosesNothing(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 5000)
-	status := brokertest.Subscribe(t, url, s.prefix+"/+/status", 100)
+	sub := brokertest.Subscribe(t, url, s.Prefix+"/+/events", 5000)
+	status := brokertest.Subscribe(t, url, s.Prefix+"/+/status", 100)
 	want := map[string]bool{}
 	for round := 0; round < 3; round++ {
-		p := startAgent(t, s)
-		cmd := stationCommand("tap", "--json", "--count", "400", "--socket", s.socket)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
+		p := stationproc.Start(t, s)
+		taps := p.StartTaps(400)
 		n := 0
-		for sc.Scan() {
-			var tl tapLine
-			if json.Unmarshal(sc.Bytes(), &tl) == nil && tl.OK {
+		for tl := range taps.Lines {
+			if tl.OK {
 				want[tl.ID] = true // reported recorded: must reach the broker
 				n++
 			}
 			if n == 25+round*40 {
-				p.kill(syscall.SIGKILL)
+				p.Kill()
 			}
 		}
-		_ = cmd.Wait()
+		<-taps.Done
 		if n < 25+round*40 {
 			t.Fatalf("round %d: only %d taps recorded before the kill", round, n)
 		}
-		p.kill(syscall.SIGKILL)
+		p.Kill()
 		waitStatus(t, status, "offline", "lost")
 	}
-	p := startAgent(t, s)
+	p := stationproc.Start(t, s)
 	recs := collectEvents(t, sub, want, 60*time.Second)
-	checkSeq(t, recs)
+	stationproc.CheckSeq(t, recs)
 	waitStatus(t, status, "online", "")
-	p.kill(syscall.SIGTERM)
+	p.Stop()
 	waitStatus(t, status, "offline", "shutdown")
 }
 
 // waitStatus waits for a status message with the given state and reason.
-func waitStatus(t *testing.T, sub *brokertest.Subscriber, state, reason string) {
+func waitStatus(t *testing.T, sub *brokertest.Client, state, reason string) {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case m := <-sub.C:
-			var st struct{ State, Reason string }
-			_ = json.Unmarshal(m.Payload, &st)
-			if st.State == state && st.Reason == reason {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no status %s/%s within 30s", state, reason)
-		}
-	}
+	sub.NextMatch(t, 30*time.Second, "status "+state+"/"+reason, func(m brokertest.Message) bool {
+		var st struct{ State, Reason string }
+		_ = json.Unmarshal(m.Payload, &st)
+		return st.State == state && st.Reason == reason
+	})
 }
 
 func TestGarbageStoreIsMovedAside(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(s.DataDir(), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(s.dataDir, "station.db"), bytes.Repeat([]byte("not a database "), 4096), 0o600); err != nil {
+	if err := os.WriteFile(s.StorePath(), bytes.Repeat([]byte("not a database "), 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 100)
-	p := startAgent(t, s)
-	deadline := time.After(30 * time.Second)
-	for found := false; !found; {
-		select {
-		case m := <-sub.C:
-			var r wireRecord
-			_ = json.Unmarshal(m.Payload, &r)
-			found = r.Type == "store.recovered"
-		case <-deadline:
-			t.Fatal("no store.recovered alarm")
-		}
-	}
-	matches, _ := filepath.Glob(filepath.Join(s.dataDir, "station.db.broken-*"))
+	sub := brokertest.Subscribe(t, url, s.Prefix+"/+/events", 100)
+	p := stationproc.Start(t, s)
+	waitType(t, sub, "store.recovered")
+	matches, _ := filepath.Glob(s.StorePath() + ".broken-*")
 	if len(matches) != 1 {
 		t.Fatalf("broken store not kept aside: %v", matches)
 	}
-	if l := tapJSON(t, p); len(l) != 1 || !l[0].OK {
+	if l := p.MustTap(); len(l) != 1 || !l[0].OK {
 		t.Fatalf("tap after recovery: %+v", l)
 	}
 }
@@ -450,11 +199,9 @@ func TestGarbageStoreIsMovedAside(t *testing.T) {
 func TestSecondAgentOnLiveSocketRefused(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	startAgent(t, s)
-	s2 := s
-	s2.dataDir = filepath.Join(t.TempDir(), "data2")
-	s2.id += "-b"
-	_, stderr, code := runStation("run", "--sim", "--broker", url, "--data-dir", s2.dataDir, "--socket", s.socket, "--station-id", s2.id)
+	stationproc.Start(t, s)
+	s2 := stationproc.NewConfig(t, url)
+	_, stderr, code := stationproc.Run(t, "run", "--sim", "--broker", url, "--data-dir", s2.DataDir(), "--socket", s.Socket(), "--station-id", s2.StationID)
 	if code != 1 || !strings.Contains(stderr, "already serving") || strings.Count(strings.TrimSpace(stderr), "\n") > 2 {
 		t.Fatalf("second agent: exit %d, stderr %q", code, stderr)
 	}
@@ -469,11 +216,11 @@ func TestBrokerRefusingConnectionKeepsAgentUp(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	s := newSpec(t, "tcp://"+addr)
-	p := startAgent(t, s)
-	if l := tapJSON(t, p); len(l) != 1 || !l[0].OK {
+	p := stationproc.Start(t, s)
+	if l := p.MustTap(); len(l) != 1 || !l[0].OK {
 		t.Fatalf("tap with the broker refusing: %+v", l)
 	}
-	out, _, code := p.station("status", "--json")
+	out, _, code := p.CLI("status", "--json")
 	var st struct {
 		Link struct {
 			Connected bool
@@ -501,7 +248,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "unknown command"},
 		{[]string{"status", "--bogus"}, 2, "bogus"},
 	} {
-		_, stderr, code := runStation(tc.args...)
+		_, stderr, code := stationproc.Run(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.want) {
 			t.Errorf("station %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.want)
 		}
@@ -514,10 +261,10 @@ func TestCLIErrors(t *testing.T) {
 func TestSimPeripheralsEndToEnd(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	sub := brokertest.Subscribe(t, url, s.prefix+"/+/events", 100)
-	p := startAgent(t, s)
+	sub := brokertest.Subscribe(t, url, s.Prefix+"/+/events", 100)
+	p := stationproc.Start(t, s)
 
-	out, stderr, code := p.station("selftest", "--json")
+	out, stderr, code := p.CLI("selftest", "--json")
 	var st struct {
 		OK     bool
 		Checks []struct {
@@ -529,46 +276,40 @@ func TestSimPeripheralsEndToEnd(t *testing.T) {
 		t.Fatalf("selftest in --sim: exit %d %q %q", code, out, stderr)
 	}
 
-	if _, stderr, code := p.station("sim", "door", "open"); code != 0 {
+	if _, stderr, code := p.CLI("sim", "door", "open"); code != 0 {
 		t.Fatalf("sim door open: %d %s", code, stderr)
 	}
 	waitType(t, sub, "door.open")
-	if _, stderr, code := p.station("sim", "env", "--temp", "70"); code != 0 {
+	if _, stderr, code := p.CLI("sim", "env", "--temp", "70"); code != 0 {
 		t.Fatalf("sim env: %d %s", code, stderr)
 	}
 	r := waitType(t, sub, "env.alarm")
 	if r["data"].(map[string]any)["quantity"] != "temp_high" {
 		t.Fatalf("env.alarm: %v", r)
 	}
-	if _, stderr, code := p.station("sim", "env", "--temp", "20"); code != 0 {
+	if _, stderr, code := p.CLI("sim", "env", "--temp", "20"); code != 0 {
 		t.Fatalf("sim env: %d %s", code, stderr)
 	}
 	waitType(t, sub, "env.ok")
-	out, _, _ = p.station("status")
+	out, _, _ = p.CLI("status")
 	if !strings.Contains(out, "OPEN") || !strings.Contains(out, "showing") {
 		t.Fatalf("status does not show the door and the indicator: %s", out)
 	}
-	if _, stderr, code := p.station("sim", "door", "ajar"); code != 2 || !strings.Contains(stderr, "want") {
+	if _, stderr, code := p.CLI("sim", "door", "ajar"); code != 2 || !strings.Contains(stderr, "want") {
 		t.Fatalf("bad sim usage: %d %q", code, stderr)
 	}
 }
 
 // waitType waits for a record of the given type on the events topic.
-func waitType(t *testing.T, sub *brokertest.Subscriber, typ string) map[string]any {
+func waitType(t *testing.T, sub *brokertest.Client, typ string) map[string]any {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case m := <-sub.C:
-			var r map[string]any
-			_ = json.Unmarshal(m.Payload, &r)
-			if r["type"] == typ {
-				return r
-			}
-		case <-deadline:
-			t.Fatalf("no %s record within 30s", typ)
-		}
-	}
+	var r map[string]any
+	sub.NextMatch(t, 30*time.Second, typ+" record", func(m brokertest.Message) bool {
+		r = nil
+		_ = json.Unmarshal(m.Payload, &r)
+		return r["type"] == typ
+	})
+	return r
 }
 
 func TestSystemdNotify(t *testing.T) {
@@ -580,8 +321,8 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	defer conn.Close()
 	s := newSpec(t, brokertest.URL(t))
-	s.env = []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=2000000"}
-	startAgent(t, s)
+	s.Env = []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=2000000"}
+	stationproc.Start(t, s)
 	seen := map[string]bool{}
 	buf := make([]byte, 4096)
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -605,8 +346,8 @@ func TestSystemdNotify(t *testing.T) {
 func TestNoCardDataLeaves(t *testing.T) {
 	url := brokertest.URL(t)
 	s := newSpec(t, url)
-	all := brokertest.Subscribe(t, url, s.prefix+"/#", 1000)
-	p := startAgent(t, s)
+	all := brokertest.Subscribe(t, url, s.Prefix+"/#", 1000)
+	p := stationproc.Start(t, s)
 	const pan = "6217007391528461" // synthetic, Luhn-valid
 	const uid = "5AC3E19B"
 	emvCard := filepath.Join(t.TempDir(), "card.json")
@@ -614,14 +355,14 @@ func TestNoCardDataLeaves(t *testing.T) {
 	tagFile := filepath.Join(t.TempDir(), "tag.json")
 	os.WriteFile(tagFile, []byte(`{"name":"leak-tag","kind":"uid","uid":"04A1B2C3D4E5F6"}`), 0o600)
 	var want = map[string]bool{}
-	for _, l := range append(tapJSON(t, p, "--card-file", emvCard, "--same", "--count", "3"), tapJSON(t, p, "--card-file", tagFile)...) {
+	for _, l := range append(p.MustTap("--card-file", emvCard, "--same", "--count", "3"), p.MustTap("--card-file", tagFile)...) {
 		if !l.OK {
 			t.Fatalf("tap: %+v", l)
 		}
 		want[l.ID] = true
 	}
-	collectEvents(t, &brokertest.Subscriber{C: all.C}, want, 30*time.Second)
-	p.kill(syscall.SIGTERM)
+	collectEvents(t, all, want, 30*time.Second)
+	p.Stop()
 
 	secrets := []string{pan, pan[6:], pan[:12], uid, strings.ToLower(uid), "04A1B2C3D4E5F6", "04a1b2c3d4e5f6", pan + "D2909"}
 	scan := func(what string, b []byte) {
@@ -631,12 +372,12 @@ func TestNoCardDataLeaves(t *testing.T) {
 			}
 		}
 	}
-	db, err := os.ReadFile(filepath.Join(s.dataDir, "station.db"))
+	db, err := os.ReadFile(s.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}
 	scan("the store file", db)
-	scan("the agent's log", []byte(p.log.String()))
+	scan("the agent's log", []byte(p.Log()))
 	for {
 		select {
 		case m := <-all.C:

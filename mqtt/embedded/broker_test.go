@@ -1,19 +1,25 @@
-package embedded
+package embedded_test
+
+// An external test package: brokertest, which gives the clients, imports embedded.
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"station.dev/agent/mqtt/brokertest"
+	"station.dev/agent/mqtt/embedded"
 )
 
 const wait = 10 * time.Second
 
-func start(t *testing.T) *Broker {
+func start(t *testing.T) *embedded.Broker {
 	t.Helper()
-	b, err := Start("127.0.0.1:0", nil)
+	b, err := embedded.Start("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,44 +27,10 @@ func start(t *testing.T) *Broker {
 	return b
 }
 
-// connect returns a connected paho client; clean false keeps the session.
-func connect(t *testing.T, b *Broker, id string, clean bool, h paho.MessageHandler) paho.Client {
+// connect returns a connected client; keep keeps its session while it is away.
+func connect(t *testing.T, b *embedded.Broker, id string, keep bool) *brokertest.Client {
 	t.Helper()
-	o := paho.NewClientOptions().AddBroker(b.URL()).SetClientID(id).
-		SetCleanSession(clean).SetAutoReconnect(false).SetProtocolVersion(4).
-		SetDefaultPublishHandler(h)
-	c := paho.NewClient(o)
-	tokWait(t, c.Connect(), "connect")
-	t.Cleanup(func() { c.Disconnect(0) })
-	return c
-}
-
-func tokWait(t *testing.T, tok paho.Token, what string) {
-	t.Helper()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	case <-time.After(wait):
-		t.Fatalf("%s: timed out", what)
-	}
-}
-
-func recv(t *testing.T, ch <-chan paho.Message, what string) paho.Message {
-	t.Helper()
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(wait):
-		t.Fatalf("%s: no message", what)
-		return nil
-	}
-}
-
-func sink() (chan paho.Message, paho.MessageHandler) {
-	ch := make(chan paho.Message, 16)
-	return ch, func(_ paho.Client, m paho.Message) { ch <- m }
+	return brokertest.Connect(t, b.URL(), &brokertest.ClientOptions{ID: id, KeepSession: keep, Buffer: 16})
 }
 
 func TestStartPicksFreePortAndRelaysQoS1(t *testing.T) {
@@ -71,59 +43,51 @@ func TestStartPicksFreePortAndRelaysQoS1(t *testing.T) {
 		t.Fatalf("URL() = %q", b.URL())
 	}
 
-	msgs, h := sink()
-	sub := connect(t, b, "sub", true, h)
-	tokWait(t, sub.Subscribe("a/b", 1, nil), "subscribe")
-	pub := connect(t, b, "pub", true, nil)
-	tokWait(t, pub.Publish("a/b", 1, false, "hello"), "publish") // completes on PUBACK
+	sub := connect(t, b, "sub", false)
+	sub.Subscribe("a/b")
+	connect(t, b, "pub", false).Publish("a/b", []byte("hello"), false) // returns on PUBACK
 
-	m := recv(t, msgs, "subscriber")
-	if m.Topic() != "a/b" || string(m.Payload()) != "hello" {
-		t.Fatalf("got %s %q", m.Topic(), m.Payload())
+	m := sub.Next(t, wait)
+	if m.Topic != "a/b" || string(m.Payload) != "hello" {
+		t.Fatalf("got %s %q", m.Topic, m.Payload)
 	}
-	if m.Qos() != 1 {
-		t.Fatalf("delivered with QoS %d, want 1 (capabilities must not downgrade QoS)", m.Qos())
+	if m.QoS != 1 {
+		t.Fatalf("delivered with QoS %d, want 1 (capabilities must not downgrade QoS)", m.QoS)
 	}
 }
 
 func TestRetainedMessageKept(t *testing.T) {
 	b := start(t)
-	pub := connect(t, b, "pub", true, nil)
-	tokWait(t, pub.Publish("st/1/status", 1, true, `{"state":"online"}`), "publish")
+	connect(t, b, "pub", false).Publish("st/1/status", []byte(`{"state":"online"}`), true)
 
-	msgs, h := sink()
-	sub := connect(t, b, "late", true, h)
-	tokWait(t, sub.Subscribe("st/+/status", 1, nil), "subscribe")
-	m := recv(t, msgs, "late subscriber")
-	if !m.Retained() || string(m.Payload()) != `{"state":"online"}` {
-		t.Fatalf("got retained=%v %q", m.Retained(), m.Payload())
+	sub := connect(t, b, "late", false)
+	sub.Subscribe("st/+/status")
+	m := sub.Next(t, wait)
+	if !m.Retained || string(m.Payload) != `{"state":"online"}` {
+		t.Fatalf("got retained=%v %q", m.Retained, m.Payload)
 	}
 }
 
 func TestPersistentSessionQueuesWhileAway(t *testing.T) {
 	b := start(t)
-	msgs, h := sink()
-	c := connect(t, b, "station-1", false, h)
-	tokWait(t, c.Subscribe("cmd", 1, nil), "subscribe")
-	c.Disconnect(250)
+	c := connect(t, b, "station-1", true)
+	c.Subscribe("cmd")
+	c.Disconnect()
 
-	pub := connect(t, b, "pub", true, nil)
-	tokWait(t, pub.Publish("cmd", 1, false, "queued"), "publish while away")
+	connect(t, b, "pub", false).Publish("cmd", []byte("queued"), false)
 
-	connect(t, b, "station-1", false, h) // same id, no new Subscribe
-	m := recv(t, msgs, "reconnected client")
-	if string(m.Payload()) != "queued" {
-		t.Fatalf("got %q", m.Payload())
+	back := connect(t, b, "station-1", true) // same id, no new Subscribe
+	if m := back.Next(t, wait); string(m.Payload) != "queued" {
+		t.Fatalf("got %q", m.Payload)
 	}
 }
 
 func TestCloseReleasesPort(t *testing.T) {
-	b, err := Start("127.0.0.1:0", nil)
+	b, err := embedded.Start("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(b.URL()).SetClientID("c").SetAutoReconnect(false))
-	tokWait(t, c.Connect(), "connect")
+	c := connect(t, b, "c", false)
 
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -136,12 +100,12 @@ func TestCloseReleasesPort(t *testing.T) {
 		t.Fatalf("port not released: %v", err)
 	}
 	ln.Close()
-	c.Disconnect(0)
+	c.Disconnect()
 }
 
 func TestStartOnBusyPortFails(t *testing.T) {
 	b := start(t)
-	_, err := Start(b.Addr(), nil)
+	_, err := embedded.Start(b.Addr(), nil)
 	if err == nil || !strings.HasPrefix(err.Error(), "embedded: listen on "+b.Addr()) {
 		t.Fatalf("Start on a busy port: err = %v", err)
 	}
@@ -152,24 +116,36 @@ func TestStartOnBusyPortFails(t *testing.T) {
 // unless the broker serialises the two (mochi reads its retained index without a lock).
 func TestRetainedPublishWhileSubscribing(t *testing.T) {
 	b := start(t)
-	_, h := sink()
-	pub := connect(t, b, "pub", true, h)
-	sub := connect(t, b, "sub", true, func(paho.Client, paho.Message) {})
+	client := func(id string) paho.Client {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(b.URL()).SetClientID(id).
+			SetAutoReconnect(false).SetProtocolVersion(4))
+		if tok := c.Connect(); !tok.WaitTimeout(wait) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", id, tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(0) })
+		return c
+	}
+	pub, sub := client("pub"), client("sub")
 	const rounds = 200
-	done := make(chan struct{})
+	errc := make(chan error, 1)
 	go func() {
-		defer close(done)
 		for i := 0; i < rounds; i++ {
 			tok := pub.Publish("race/a/status", 1, true, []byte{'0' + byte(i%10)})
 			if !tok.WaitTimeout(wait) || tok.Error() != nil {
-				t.Errorf("retained publish %d: %v", i, tok.Error())
+				errc <- fmt.Errorf("retained publish %d: %v", i, tok.Error())
 				return
 			}
 		}
+		errc <- nil
 	}()
 	for i := 0; i < rounds; i++ {
-		tokWait(t, sub.Subscribe("race/+/status", 1, nil), "subscribe")
-		tokWait(t, sub.Unsubscribe("race/+/status"), "unsubscribe")
+		for _, tok := range []paho.Token{sub.Subscribe("race/+/status", 1, nil), sub.Unsubscribe("race/+/status")} {
+			if !tok.WaitTimeout(wait) || tok.Error() != nil {
+				t.Fatalf("subscription %d: %v", i, tok.Error())
+			}
+		}
 	}
-	<-done
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -349,9 +349,9 @@ func TestDialErrors(t *testing.T) {
 }
 
 func TestTLSWithClientCertificate(t *testing.T) {
-	b := mqtttest.NewBroker(t)
+	b := brokertest.New(t)
 	ca := mqtttest.NewCA(t, "fleet-ca")
-	proxy := mqtttest.NewTLSProxy(t, b.Addr, ca.ServerConfig(t))
+	proxy := mqtttest.NewTLSProxy(t, b.Addr(), ca.ServerConfig(t))
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
@@ -372,8 +372,8 @@ func TestTLSWithClientCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	p := mqtttest.Unique(t)
-	sub := brokertest.Subscribe(t, b.URL, p+"/st-1/cmd", 1)
+	p := brokertest.UniquePrefix(t)
+	sub := brokertest.Subscribe(t, b.URL(), p+"/st-1/cmd", 1)
 	if err := c.Send(ctxT(t), p, "st-1", []byte(`{"id":"tls"}`)); err != nil {
 		t.Fatal(err)
 	}
