@@ -586,7 +586,7 @@ func watchLine(m operator.Message, jsonOut bool) string {
 		return string(b)
 	}
 	switch m.Kind {
-	case "status":
+	case contract.KindStatus:
 		st := operator.ParseStatus(m.Station, m.Payload)
 		if st.Unreadable {
 			return fmt.Sprintf("%-20s status  unreadable", m.Station)
