@@ -364,3 +364,53 @@ func evictTelemetry(tx *bbolt.Tx, need int64) (n int, freed int64, err error) {
 	}
 	return len(keys), freed, nil
 }
+
+// AppendBatch stores records of stream st, in the order of payloads, in
+// one fsynced transaction: one commit for the whole batch, as for the
+// heartbeats the agent keeps while offline. Each payload is placed and
+// accounted as by Append with class c; a payload that does not fit is
+// refused with ErrFull and the batch ends there: the records before it are
+// stored and returned with the error.
+func (s *Store) AppendBatch(st Stream, c Class, payloads [][]byte) ([]Record, error) {
+	if len(payloads) == 0 {
+		return nil, nil
+	}
+	var out []Record
+	var refused error
+	err := s.withDB("append batch", func(db *bbolt.DB) error {
+		out, refused = out[:0], nil
+		return db.Update(func(tx *bbolt.Tx) error {
+			cs, err := loadCounters(tx)
+			if err != nil {
+				return err
+			}
+			for _, p := range payloads {
+				r := &appendReq{st: st, class: c, build: func(uint64) ([]byte, error) { return p, nil }}
+				if err := s.appendOne(tx, &cs, r); err != nil {
+					return err
+				}
+				if r.err != nil {
+					refused = r.err
+					if r.refused {
+						s.refused.Add(1)
+					}
+					break
+				}
+				s.evicted.Add(r.evicted)
+				out = append(out, r.rec)
+			}
+			if len(out) == 0 {
+				return errNothing
+			}
+			return cs.save(tx)
+		})
+	})
+	switch {
+	case err == errNothing:
+		return nil, refused
+	case err != nil:
+		return nil, fmt.Errorf("store: append batch %s: %w", st, err)
+	}
+	s.signal()
+	return out, refused
+}
