@@ -60,6 +60,9 @@ type Options struct {
 	Status func(line string)
 	// OnReady is called once the local API listens.
 	OnReady func()
+	// BootID is the agent's boot id; "" makes a new one. The assembly makes it before it opens
+	// the store, whose store.recovered alarm carries it (see RecoveryAlarm).
+	BootID string
 }
 
 // LogTail returns the last lines logged.
@@ -111,6 +114,9 @@ func New(p Parts, o Options) (*Agent, error) {
 		cfg: cfg, base: p.Base, opts: o, log: p.Logger, clk: p.Clock, synced: p.ClockSynced,
 		bootID: newID(), topics: contract.TopicsFor(cfg.MQTT.TopicPrefix, cfg.StationID),
 		store: p.Store, hw: p.Hardware, recent: newRecentRecords(256),
+	}
+	if o.BootID != "" {
+		a.bootID = o.BootID
 	}
 	if a.base == nil {
 		a.base = cfg

@@ -130,12 +130,36 @@ func (a *Agent) storeFull(cause error) {
 	a.link.UpdateStatus()
 }
 
-// writeBootRecords writes station.boot, and store.recovered when the store was rebuilt.
+// NewBootID returns a boot id for Options.BootID.
+func NewBootID() string { return newID() }
+
+// RecoveryAlarm returns the builder of the store.recovered alarm, for store.Options.RecoveryAlarm.
+// The store writes the alarm in the transaction that completes a store salvaged from a broken file
+// (at open, or after corruption met at run time), so no failure between the salvage and the
+// agent's start can lose it. The store opens before the agent exists: the alarm carries bootID
+// (give the agent the same in Options.BootID), its uptime counts from start, and clock_synced is
+// false (nothing has asked the kernel yet).
+func RecoveryAlarm(bootID string, start time.Time) func(store.Recovery, uint64) ([]byte, error) {
+	return func(rec store.Recovery, seq uint64) ([]byte, error) {
+		r := contract.Record{
+			ID: newID(), Seq: seq, Type: contract.TypeStoreRecovered, TS: rfc3339(time.Now()),
+			BootID: bootID, UptimeMS: time.Since(start).Milliseconds(),
+			Error: &contract.RecordError{Code: contract.ErrStoreBroken, Detail: rec.Reason},
+			Data: map[string]any{"moved_to": rec.MovedTo, "salvaged": rec.Salvaged, "lost": rec.Lost,
+				"seq_restarted": rec.SeqRestarted},
+		}
+		return json.Marshal(&r)
+	}
+}
+
+// writeBootRecords writes station.boot, and store.recovered when the store was rebuilt without
+// one (a store opened without RecoveryAlarm writes none itself).
 func (a *Agent) writeBootRecords() {
-	if rec := a.store.Recovered(); rec != nil {
+	if rec := a.store.Recovered(); rec != nil && rec.AlarmSeq == 0 {
 		r := a.newRecord(contract.TypeStoreRecovered)
 		r.Error = &contract.RecordError{Code: contract.ErrStoreBroken, Detail: rec.Reason}
-		r.Data = map[string]any{"moved_to": rec.MovedTo, "seq_restarted": true}
+		r.Data = map[string]any{"moved_to": rec.MovedTo, "salvaged": rec.Salvaged, "lost": rec.Lost,
+			"seq_restarted": rec.SeqRestarted}
 		if _, err := a.appendRecord(r, store.Critical); err != nil {
 			a.log.Error("writing store.recovered alarm", "err", err)
 		}

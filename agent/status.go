@@ -40,6 +40,12 @@ func (a *Agent) Queue() contract.QueueStatus {
 		q.Depth += s.Depth
 		q.OldestAgeS = max(q.OldestAgeS, ss.OldestAgeS)
 	}
+	if files, err := a.store.BrokenFiles(); err == nil {
+		for _, f := range files {
+			q.BrokenFiles++
+			q.BrokenBytes += f.Bytes
+		}
+	}
 	var fs unix.Statfs_t
 	if unix.Statfs(a.cfg.DataDir, &fs) == nil {
 		q.DiskFreeByte = uint64(fs.Bavail) * uint64(fs.Bsize)

@@ -71,8 +71,8 @@ func (a *Agent) sendTelemetry() {
 	}
 }
 
-// flushTelemetry stores the heartbeats kept while offline. The appends are made at once so the
-// store's group commit writes them together.
+// flushTelemetry stores the heartbeats kept while offline, in the order they were made, in one
+// transaction (one commit for the batch).
 func (a *Agent) flushTelemetry() {
 	a.tel.mu.Lock()
 	batch := a.tel.buf
@@ -81,15 +81,7 @@ func (a *Agent) flushTelemetry() {
 	if len(batch) == 0 {
 		return
 	}
-	var wg sync.WaitGroup
-	for _, b := range batch {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := a.store.Append(store.Telemetry, store.Evictable, func(uint64) ([]byte, error) { return b, nil }); err != nil {
-				a.log.Warn("keeping telemetry", "err", err)
-			}
-		}()
+	if _, err := a.store.AppendBatch(store.Telemetry, store.Evictable, batch); err != nil {
+		a.log.Warn("keeping telemetry", "err", err)
 	}
-	wg.Wait()
 }

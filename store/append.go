@@ -27,6 +27,12 @@ type appendReq struct {
 	refused  bool   // err is ErrFull
 	panicked bool   // build panicked with panicVal
 	panicVal any
+	// corrupt says why the group's transaction failed with a bbolt panic
+	// or a memory fault: nothing was written, the file went bad.
+	corrupt string
+	// unsure is set when the group's commit failed with an error that
+	// leaves it unknown whether rec reached the file (health.go).
+	unsure bool
 
 	// wake tells a waiting Append that its group is done (false) or that it
 	// leads the next group (true). Buffered so the sender never blocks.
@@ -66,16 +72,37 @@ func (s *Store) Append(st Stream, c Class, build func(seq uint64) ([]byte, error
 	if build == nil {
 		return Record{}, errors.New("store: append: nil build function")
 	}
-	if err := s.acquire(); err != nil {
-		return Record{}, err
+	return s.do(&appendReq{st: st, class: c, build: build, wake: make(chan bool, 1)})
+}
+
+// do commits r with the appends queued beside it and returns its outcome,
+// contained (see health.go): when the file went bad, the store is salvaged
+// and r appended once more to the new store; when the commit failed unsure,
+// r's outcome is what the reopened file holds.
+func (s *Store) do(r *appendReq) (Record, error) {
+	for attempt := 0; ; attempt++ {
+		if err := s.acquire(); err != nil {
+			return Record{}, err
+		}
+		gen := s.gen
+		r.corrupt, r.unsure = "", false
+		s.submit(r)
+		s.mu.RUnlock()
+		switch {
+		case r.panicked:
+			panic(r.panicVal)
+		case r.corrupt != "" && attempt == 0:
+			if err := s.reopen(gen, r.corrupt); err != nil {
+				return Record{}, fmt.Errorf("store: %s: not recorded: %w", r.op(), err)
+			}
+			continue
+		case r.corrupt != "":
+			return Record{}, fmt.Errorf("store: %s: not recorded: %s", r.op(), r.corrupt)
+		case r.unsure:
+			return s.settle(gen, r)
+		}
+		return r.rec, r.err
 	}
-	defer s.mu.RUnlock()
-	r := &appendReq{st: st, class: c, build: build, wake: make(chan bool, 1)}
-	s.submit(r)
-	if r.panicked {
-		panic(r.panicVal)
-	}
-	return r.rec, r.err
 }
 
 // submit queues r and returns once r's group is committed. The first
@@ -123,13 +150,7 @@ func (s *Store) handOff() {
 // their results. leader is the request of the calling goroutine; the others
 // are woken when their results are set.
 func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
-	done := false
 	defer func() {
-		if !done { // an unexpected panic in bbolt: fail the group, then re-panic
-			for _, r := range group {
-				r.rec, r.err = Record{}, errors.New("store: append: internal error")
-			}
-		}
 		for _, r := range group {
 			if r != leader {
 				r.wake <- false
@@ -137,26 +158,40 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 		}
 	}()
 
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		cs, err := loadCounters(tx)
-		if err != nil {
-			return err
-		}
-		stored := 0
-		for _, r := range group {
-			r.rec, r.err, r.evicted, r.refused, r.panicked, r.panicVal = Record{}, nil, 0, false, false, nil
-			if err := s.appendOne(tx, &cs, r); err != nil {
-				return err // a bbolt failure: the whole group fails
+	var err error
+	fault := guard(func() {
+		err = s.db.Update(func(tx *bbolt.Tx) error {
+			cs, err := loadCounters(tx)
+			if err != nil {
+				return err
 			}
-			if r.err == nil && !r.panicked {
-				stored++
+			stored := 0
+			for _, r := range group {
+				r.rec, r.err, r.evicted, r.refused, r.panicked, r.panicVal = Record{}, nil, 0, false, false, nil
+				if err := s.appendOne(tx, &cs, r); err != nil {
+					return err // a bbolt failure: the whole group fails
+				}
+				if r.err == nil && !r.panicked {
+					stored++
+				}
 			}
-		}
-		if stored == 0 {
-			return errNothing
-		}
-		return cs.save(tx)
+			if stored == 0 {
+				return errNothing
+			}
+			return cs.save(tx)
+		})
 	})
+	if fault != nil {
+		// bbolt panicked, or a page of the map faulted: the transaction
+		// was rolled back, nothing of the group was written.
+		for _, r := range group {
+			if !r.panicked {
+				r.rec, r.err, r.refused = Record{}, nil, false
+				r.corrupt = fmt.Sprintf("corruption met at run time (append): %v", fault)
+			}
+		}
+		return
+	}
 	switch {
 	case err == nil:
 		stored := false
@@ -175,6 +210,12 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 			if r.err != nil || r.panicked {
 				continue // its own outcome stands: nothing of it was written
 			}
+			if unsure(err) {
+				// r.rec stays: settle looks for it in the reopened file.
+				r.unsure = true
+				r.err = fmt.Errorf("store: %s: %w", r.op(), err)
+				continue
+			}
 			r.rec = Record{}
 			if errors.Is(err, berrors.ErrMaxSizeReached) {
 				r.err = fmt.Errorf("%w: the file reached its size limit: %w", ErrFull, err)
@@ -189,7 +230,6 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 			s.refused.Add(1)
 		}
 	}
-	done = true
 }
 
 // op names r's operation in errors.
@@ -323,4 +363,54 @@ func evictTelemetry(tx *bbolt.Tx, need int64) (n int, freed int64, err error) {
 		}
 	}
 	return len(keys), freed, nil
+}
+
+// AppendBatch stores records of stream st, in the order of payloads, in
+// one fsynced transaction: one commit for the whole batch, as for the
+// heartbeats the agent keeps while offline. Each payload is placed and
+// accounted as by Append with class c; a payload that does not fit is
+// refused with ErrFull and the batch ends there: the records before it are
+// stored and returned with the error.
+func (s *Store) AppendBatch(st Stream, c Class, payloads [][]byte) ([]Record, error) {
+	if len(payloads) == 0 {
+		return nil, nil
+	}
+	var out []Record
+	var refused error
+	err := s.withDB("append batch", func(db *bbolt.DB) error {
+		out, refused = out[:0], nil
+		return db.Update(func(tx *bbolt.Tx) error {
+			cs, err := loadCounters(tx)
+			if err != nil {
+				return err
+			}
+			for _, p := range payloads {
+				r := &appendReq{st: st, class: c, build: func(uint64) ([]byte, error) { return p, nil }}
+				if err := s.appendOne(tx, &cs, r); err != nil {
+					return err
+				}
+				if r.err != nil {
+					refused = r.err
+					if r.refused {
+						s.refused.Add(1)
+					}
+					break
+				}
+				s.evicted.Add(r.evicted)
+				out = append(out, r.rec)
+			}
+			if len(out) == 0 {
+				return errNothing
+			}
+			return cs.save(tx)
+		})
+	})
+	switch {
+	case err == errNothing:
+		return nil, refused
+	case err != nil:
+		return nil, fmt.Errorf("store: append batch %s: %w", st, err)
+	}
+	s.signal()
+	return out, refused
 }

@@ -44,11 +44,16 @@
 //
 // # Robustness
 //
-// [Open] checks the file. A file that cannot be opened as a bbolt database, is
-// shorter than its own metadata says, or fails the consistency check is moved
-// aside to "<path>.broken-<UTC time>" and a fresh store is created;
-// [Store.Recovered] reports it so the agent can raise an alarm. A file locked
-// by another process is never touched: Open returns [ErrLocked].
+// [Open] locks the file, then reads every page reachable from its newest
+// metadata with pread (check.go). A file bbolt's structures prove broken is
+// salvaged record by record into a new store whose sequences continue
+// (salvage.go); the alarm of Options.RecoveryAlarm is written in the
+// transaction that completes it, and [Store.Recovered] reports it. At most
+// [MaxBrokenFiles] broken files are kept. Errors of the system (EIO, ENOMEM,
+// permissions, [ErrLocked]) are returned and leave the file alone.
+// Corruption met at run time (a bbolt panic or a memory fault) is salvaged
+// the same way, and a commit that fails with an error of the system is
+// settled by reopening the file (health.go).
 //
 // The file never shrinks by itself. Open compacts it when the backlog is tiny
 // and the file is far larger than needed, and [Store.CompactIfWasteful] does

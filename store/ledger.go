@@ -84,10 +84,6 @@ func (s *Store) Respond(inboxSeq uint64, e LedgerEntry, build func(seq uint64) (
 	case build == nil:
 		return Record{}, errors.New("store: respond: nil build function")
 	}
-	if err := s.acquire(); err != nil {
-		return Record{}, err
-	}
-	defer s.mu.RUnlock()
 	at := e.At
 	if at.IsZero() {
 		at = s.cfg.now()
@@ -104,11 +100,7 @@ func (s *Store) Respond(inboxSeq uint64, e LedgerEntry, build func(seq uint64) (
 		},
 		wake: make(chan bool, 1),
 	}
-	s.submit(r)
-	if r.panicked {
-		panic(r.panicVal)
-	}
-	return r.rec, r.err
+	return s.do(r)
 }
 
 // Ledger returns the entry for a command id, or nil, nil if there is none.

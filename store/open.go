@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -61,6 +59,8 @@ type config struct {
 	ledgerMaxEntries int64
 	ledgerMaxAge     time.Duration
 	ledgerMaxBytes   int64 // the reserve: see Options.LedgerMaxEntries
+
+	alarm func(r Recovery, seq uint64) ([]byte, error)
 }
 
 // reserveFor returns the Critical reserve for a cap.
@@ -99,6 +99,7 @@ func resolve(o *Options) (config, error) {
 		now:      o.Now,
 		checkMax: o.CheckMaxBytes,
 		log:      o.Logger,
+		alarm:    o.RecoveryAlarm,
 	}
 	switch {
 	case c.maxBytes < 0:
@@ -151,10 +152,16 @@ func (c *config) boltOptions() *bbolt.Options {
 	// InitialMmapSize stays 0: bbolt grows a small file to the size of its
 	// map, so a larger initial map only makes every small store's file
 	// larger, while remapping a small file is cheap.
+	//
+	// NoFreelistSync: the freelist is not written at every commit (a page
+	// or more per commit, and many after a long backlog drained) but
+	// rebuilt at open by a walk of the reachable pages; BENCHMARKS.md
+	// gives the cost.
 	return &bbolt.Options{
-		Timeout:      c.timeout,
-		FreelistType: bbolt.FreelistMapType,
-		MaxSize:      int(c.maxFile),
+		Timeout:        c.timeout,
+		FreelistType:   bbolt.FreelistMapType,
+		MaxSize:        int(c.maxFile),
+		NoFreelistSync: true,
 	}
 }
 
@@ -182,13 +189,22 @@ func (e *lockedError) Unwrap() error { return ErrLocked }
 // Open opens the store at path, creating it (and its directory, mode 0700)
 // if needed; the file is created with mode 0600. opts may be nil.
 //
-// A file that is not a usable store (not a bbolt file, truncated, failing
-// the consistency check, or of an unknown format) is renamed to
-// "<path>.broken-<UTC yyyymmddThhmmssZ>" and a fresh store is created in its
-// place; Recovered then reports it. Errors of the system (permissions, disk
-// I/O on open) and a lock held by another process (ErrLocked) are returned
-// and leave the file alone. A store whose backlog is tiny but whose file is
-// far larger than needed is compacted.
+// The file is locked before anything reads it, then checked: every page
+// reachable from its newest metadata is read (see check.go). A file that
+// bbolt's own structures prove broken (no valid meta page, damaged pages,
+// records that do not decode, an unknown format) is salvaged: every record
+// that can still be read is copied with its seq into a new store, whose
+// sequences continue after the highest the broken file knew; the
+// store.recovered alarm (Options.RecoveryAlarm) is written in the
+// transaction that completes the new store, which then replaces the file.
+// The broken file is kept as "<path>.broken-<UTC time>" (at most
+// MaxBrokenFiles are kept); Recovered reports it.
+//
+// Errors of the system are returned and leave the file where it is: a
+// disk that fails to read (EIO), too little memory or address space to map
+// the file (ENOMEM), permissions, and a lock held by another process
+// (ErrLocked). A store whose backlog is tiny but whose file is far larger
+// than needed is compacted.
 func Open(path string, opts *Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("store: open: empty path")
@@ -201,377 +217,237 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
 	s := &Store{path: path, cfg: cfg, changed: make(chan struct{}, 1)}
-
-	var (
-		db     *bbolt.DB
-		broken error
-	)
-	if fi, serr := os.Stat(path); serr == nil && fi.Size() == 0 {
-		// bbolt would initialise it silently; but an empty file is a store cut short while
-		// being created or truncated later, and its sequence numbers are gone: say so.
-		broken = errors.New("the file is empty (cut short while being created, or truncated)")
-	} else if db, broken, err = openChecked(path, &cfg); err != nil {
+	db, rec, err := openDB(path, &s.cfg, "")
+	if err != nil {
 		return nil, err
 	}
-	if broken != nil {
-		moved, err := moveAside(path, cfg.now())
-		if err != nil {
-			return nil, fmt.Errorf("store: %s is broken (%v) and cannot be moved aside: %w", path, broken, err)
-		}
-		s.recovered = &Recovery{MovedTo: moved, Reason: broken.Error()}
-		cfg.warn("store: broken file moved aside, starting a new store",
-			"path", path, "moved_to", moved, "reason", broken.Error())
-		db, broken, err = openChecked(path, &cfg)
-		if err != nil {
-			return nil, err
-		}
-		if broken != nil {
-			return nil, fmt.Errorf("store: new store %s is unusable: %w", path, broken)
-		}
-	}
-	s.db = db
+	s.db, s.recovered = db, rec
 
-	// A compaction cut short leaves its temporary file; we hold the lock,
-	// so no other process is compacting.
-	if err := os.Remove(compactTemp(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		cfg.warn("store: cannot remove stale compaction file", "err", err)
+	// A compaction or salvage cut short leaves its temporary file; we hold
+	// the lock, so no other process is making one.
+	for _, tmp := range []string{compactTemp(path), salvageTemp(path)} {
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			cfg.warn("store: cannot remove a stale temporary file", "err", err)
+		}
 	}
 	if waste, err := s.wasteful(); err != nil {
 		cfg.warn("store: cannot size the file for compaction", "err", err)
 	} else if waste {
-		if err := s.compact(); err != nil {
+		if err := s.compactGuarded(); err != nil {
 			cfg.warn("store: compaction failed; the store works, the file stays large", "err", err)
 		}
 	}
 	return s, nil
 }
 
-// openChecked opens path with bbolt and validates it. It returns err for
-// conditions that must not be "repaired" by moving the file (lock held,
-// system errors) and broken, with the db closed, for a file that is not a
-// usable store.
-func openChecked(path string, cfg *config) (db *bbolt.DB, broken, err error) {
-	var f *os.File
-	bo := cfg.boltOptions()
-	bo.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
-		ff, err := os.OpenFile(name, flag, perm)
-		if err == nil {
-			f = ff
+// openDB opens the file at path, salvaging it first if it is broken, or if
+// force is not "" (corruption met at run time: force says what happened).
+func openDB(path string, cfg *config, force string) (*bbolt.DB, *Recovery, error) {
+	var rec *Recovery
+	for attempt := 0; attempt < 2; attempt++ {
+		f, created, err := lockFile(path, cfg.timeout)
+		if err != nil {
+			return nil, nil, err
 		}
-		return ff, err
+		broken := force
+		if broken == "" {
+			if broken, err = inspect(f, created); err != nil {
+				f.Close()
+				return nil, nil, fmt.Errorf("store: open %s: %w (the file is left as it is)", path, err)
+			}
+		}
+		if broken == "" {
+			db, b, err := openBolt(f, path, cfg)
+			if err != nil {
+				return nil, nil, err
+			}
+			if b == "" {
+				if created {
+					if err := syncDir(filepath.Dir(path)); err != nil {
+						db.Close()
+						return nil, nil, fmt.Errorf("store: open %s: sync directory: %w", path, err)
+					}
+				}
+				return db, rec, nil
+			}
+			broken = b
+			if f, _, err = lockFile(path, cfg.timeout); err != nil {
+				return nil, nil, err
+			}
+		}
+		if attempt > 0 {
+			f.Close()
+			return nil, nil, fmt.Errorf("store: the new store %s made from a broken file is unusable: %s", path, broken)
+		}
+		rec, err = salvageFile(path, f, cfg, broken)
+		f.Close()
+		if err != nil {
+			return nil, nil, err
+		}
+		force = ""
 	}
+	panic("unreachable")
+}
+
+// lockFile opens path for reading and writing, creating it if missing, and
+// takes its exclusive lock, waiting up to timeout. created says whether
+// this call created the file.
+func lockFile(path string, timeout time.Duration) (f *os.File, created bool, err error) {
+	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	created = err == nil
+	if errors.Is(err, fs.ErrExist) {
+		f, err = os.OpenFile(path, os.O_RDWR, 0o600)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("store: open: %w", err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, created, nil
+		}
+		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
+			f.Close()
+			if err == syscall.EWOULDBLOCK {
+				return nil, false, &lockedError{path}
+			}
+			return nil, false, fmt.Errorf("store: lock %s: %w", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// inspect checks a locked file before bbolt maps it. It returns why the
+// file is broken, "" if it is not, and err when reading it fails (a
+// system error: the file is no proof of anything).
+func inspect(f *os.File, created bool) (broken string, err error) {
+	size, err := fileSize(f)
+	if err != nil {
+		return "", err
+	}
+	if size == 0 {
+		if created {
+			return "", nil // bbolt initialises it
+		}
+		// bbolt would initialise it silently; but an empty file is a store cut short while
+		// being created or truncated later, and its sequence numbers are gone: say so.
+		return "the file is empty (cut short while being created, or truncated)", nil
+	}
+	_, cerr := checkFile(f)
+	var re *readError
+	switch {
+	case cerr == nil:
+		return "", nil
+	case errors.As(cerr, &re):
+		return "", re.err
+	case errors.Is(cerr, errNoMeta):
+		return "not a valid database file: " + cerr.Error(), nil
+	}
+	return "consistency check failed: " + cerr.Error(), nil
+}
+
+// openBolt opens the locked file f with bbolt and prepares it. On any
+// failure f is closed. broken is set, with the db closed, when bbolt or
+// prepare finds the content unusable; err for system errors.
+func openBolt(f *os.File, path string, cfg *config) (db *bbolt.DB, broken string, err error) {
+	bo := cfg.boltOptions()
+	bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return f, nil }
 	fault := guard(func() { db, err = bbolt.Open(path, 0o600, bo) })
 	if fault != nil {
-		// bbolt gave up half way (a page beyond the end of a truncated file
-		// faults when read). Closing the file releases the lock; the
-		// aborted open's map is leaked, once.
-		if f != nil {
-			f.Close()
-		}
-		return nil, fmt.Errorf("reading the file failed (truncated or corrupt): %v", fault), nil
+		// bbolt gave up half way. Closing the file releases the lock; the
+		// aborted open's map is leaked, once. The file passed the check:
+		// a salvage copies every record.
+		f.Close()
+		return nil, fmt.Sprintf("bbolt failed reading the file: %v", fault), nil
 	}
 	if err != nil {
 		switch {
-		case errors.Is(err, berrors.ErrTimeout):
-			return nil, nil, &lockedError{path}
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+			return nil, "not a valid database file: " + err.Error(), nil
 		case errors.Is(err, syscall.ENOMEM):
-			// The map does not fit this process's address space.
-			return nil, fmt.Errorf("cannot map the file: %w", err), nil
-		case isSystemError(err):
-			return nil, nil, fmt.Errorf("store: open %s: %w", path, err)
+			return nil, "", fmt.Errorf("store: open %s: cannot map the file (too little memory or address space; the file is left as it is): %w", path, err)
 		}
-		return nil, fmt.Errorf("not a valid database file: %w", err), nil
+		return nil, "", fmt.Errorf("store: open %s: %w (the file is left as it is)", path, err)
 	}
-	if broken, err = validate(db, path, cfg); broken != nil || err != nil {
-		db.Close()
-		return nil, broken, err
-	}
-	return db, nil, nil
-}
-
-// isSystemError reports whether err comes from the operating system rather
-// than from the content of the file.
-func isSystemError(err error) bool {
-	var pe *fs.PathError
-	var se *os.SyscallError
-	var errno syscall.Errno
-	return errors.As(err, &pe) || errors.As(err, &se) || errors.As(err, &errno)
-}
-
-// guard runs f and returns the value of a panic in it, memory faults (in the
-// file's map) included.
-func guard(f func()) (fault any) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() { fault = recover() }()
-	f()
-	return nil
-}
-
-// validate checks an opened file and prepares it for use: it creates the
-// buckets of a new store and repairs stream counters that disagree with the
-// records. broken is set when the file is not a usable store.
-func validate(db *bbolt.DB, path string, cfg *config) (broken, err error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
-	}
-	fault := guard(func() {
-		// A file shorter than its metadata says faults when the missing
-		// pages are read: test before anything reads them.
-		var need int64
-		if err := db.View(func(tx *bbolt.Tx) error { need = tx.Size(); return nil }); err != nil {
-			broken = err
-			return
-		}
-		if need > fi.Size() {
-			broken = fmt.Errorf("file is truncated: %d bytes, its metadata needs %d", fi.Size(), need)
-			return
-		}
-		if cfg.checkMax < 0 || fi.Size() <= cfg.checkMax {
-			if err := db.View(checkTx); err != nil {
-				broken = fmt.Errorf("consistency check failed: %w", err)
-				return
-			}
-		}
-		// Errors of prepare are about the content; any other error of the
-		// transaction comes from writing the file (disk full, read-only
-		// file system), which is no reason to move the file aside.
-		uerr := db.Update(func(tx *bbolt.Tx) error {
+	var uerr error
+	fault = guard(func() {
+		uerr = db.Update(func(tx *bbolt.Tx) error {
 			if err := prepare(tx, cfg); err != nil {
 				return contentError{err}
 			}
 			return nil
 		})
-		var ce contentError
-		switch {
-		case errors.As(uerr, &ce):
-			broken = ce.err
-		case uerr != nil:
-			err = fmt.Errorf("store: open %s: %w", path, uerr)
-		}
 	})
-	if fault != nil {
-		broken = fmt.Errorf("reading the file failed (truncated or corrupt): %v", fault)
+	var ce contentError
+	switch {
+	case fault != nil:
+		db.Close()
+		return nil, fmt.Sprintf("bbolt failed reading the file: %v", fault), nil
+	case errors.As(uerr, &ce):
+		db.Close()
+		return nil, ce.err.Error(), nil
+	case uerr != nil:
+		// Writing the file failed (disk full, read-only file system): no
+		// reason to take it for broken.
+		db.Close()
+		return nil, "", fmt.Errorf("store: open %s: %w", path, uerr)
 	}
-	return broken, err
+	return db, "", nil
 }
 
-// contentError marks an error about what a file holds.
-type contentError struct{ err error }
+func salvageTemp(path string) string { return path + ".new" }
 
-func (e contentError) Error() string { return e.err.Error() }
-
-// prepare creates the buckets of a new store, or checks those of an
-// existing one: its format, and the first and last record of every stream
-// against the stream counters (repaired by a scan if they disagree).
-func prepare(tx *bbolt.Tx, cfg *config) error {
-	meta := tx.Bucket(bucketMeta)
-	if meta == nil {
-		foreign := false
-		if err := tx.ForEach(func([]byte, *bbolt.Bucket) error { foreign = true; return nil }); err != nil {
-			return err
-		}
-		if foreign {
-			return errors.New("the file holds a database that is not a station store")
-		}
-		m, err := tx.CreateBucket(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if err := m.Put(keyFormat, []byte{formatVersion}); err != nil {
-			return err
-		}
-		if _, err := tx.CreateBucket(bucketSettings); err != nil {
-			return err
-		}
-		for _, st := range streams {
-			if _, err := tx.CreateBucket(recordBucketName(st)); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.CreateBucket(bucketLedger); err != nil {
-			return err
-		}
-		_, err = tx.CreateBucket(bucketLedgerID)
-		return err
-	}
-	if f := meta.Get(keyFormat); len(f) != 1 || f[0] != formatVersion {
-		return fmt.Errorf("unknown store format %x (this agent writes %d)", f, formatVersion)
-	}
-	if _, err := tx.CreateBucketIfNotExists(bucketSettings); err != nil {
-		return err
-	}
-	cs, err := loadCounters(tx)
+// salvageFile salvages the broken file f (locked, at path) into a new store
+// and puts the new store in its place, keeping the broken file.
+func salvageFile(path string, f *os.File, cfg *config, reason string) (*Recovery, error) {
+	tmp := salvageTemp(path)
+	dst, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("store: salvage %s: %w", path, err)
 	}
-	repaired := false
-	for _, st := range streams {
-		b, err := tx.CreateBucketIfNotExists(recordBucketName(st))
-		if err != nil {
-			return err
-		}
-		c := cs.get(st)
-		cur := b.Cursor()
-		fk, fv := cur.First()
-		lk, lv := cur.Last()
-		for _, kv := range [][2][]byte{{fk, fv}, {lk, lv}} {
-			if kv[0] != nil {
-				if _, err := decodeRecord(st, kv[0], kv[1]); err != nil {
-					return err
-				}
-			}
-		}
-		ok := c.depth >= 0 && c.bytes >= 0 && (fk == nil) == (c.depth == 0) &&
-			(lk == nil || binary.BigEndian.Uint64(lk) <= c.last)
-		if ok {
-			continue
-		}
-		n, err := recount(b, &c)
-		if err != nil {
-			return err
-		}
-		cfg.warn("store: stream counters disagreed with the records; recounted",
-			"stream", string(st), "depth", n, "last_seq", c.last)
-		cs.set(st, c)
-		repaired = true
+	if err := syscall.Flock(int(dst.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		dst.Close()
+		return nil, fmt.Errorf("store: salvage %s: lock %s: %w", path, tmp, err)
 	}
-	ok, err := prepareLedger(tx, &cs, cfg)
+	rec, err := salvageInto(dst, f, cfg, reason) // closes dst
 	if err != nil {
-		return err
+		os.Remove(tmp)
+		var re *readError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("store: %s is broken (%s), and reading it fails: %w (the file is left as it is)", path, reason, re.err)
+		}
+		return nil, fmt.Errorf("store: salvage %s: %w (the file is left as it is)", path, err)
 	}
-	if repaired || !ok {
-		return cs.save(tx)
-	}
-	return nil
-}
-
-// prepareLedger creates the ledger buckets if missing (a file older than
-// the ledger) and checks the first and last entries against the ledger
-// counters. If they disagree, or an entry there is malformed, it rebuilds
-// the counters and the index by id from a scan of the entries, dropping
-// malformed ones, and reports ok false. Ledger damage never makes the file
-// unusable: at worst a command is forgotten.
-func prepareLedger(tx *bbolt.Tx, cs *counters, cfg *config) (ok bool, err error) {
-	lb, err := tx.CreateBucketIfNotExists(bucketLedger)
+	name, err := brokenName(path, cfg.now())
 	if err != nil {
-		return false, err
+		os.Remove(tmp)
+		return nil, fmt.Errorf("store: salvage %s: %w", path, err)
 	}
-	ib, err := tx.CreateBucketIfNotExists(bucketLedgerID)
-	if err != nil {
-		return false, err
-	}
-	lc := cs.ledger
-	cur := lb.Cursor()
-	fk, fv := cur.First()
-	lk, lv := cur.Last()
-	ik, _ := ib.Cursor().First()
-	ok = lc.depth >= 0 && lc.bytes >= 0 && (fk == nil) == (lc.depth == 0) && (fk == nil) == (ik == nil)
-	for _, kv := range [][2][]byte{{fk, fv}, {lk, lv}} {
-		if kv[0] != nil {
-			if _, _, good := ledgerHead(kv[0], kv[1]); !good {
-				ok = false
-			}
+	// Keep the broken file under its new name, then replace it: at every
+	// moment path is either the broken file or the complete new store.
+	if err := os.Link(path, name); err != nil {
+		// No hard links here: rename it. A power cut before the next rename
+		// leaves no file at path, and the broken file beside it.
+		if err := os.Rename(path, name); err != nil {
+			os.Remove(tmp)
+			return nil, fmt.Errorf("store: salvage %s: keep the broken file: %w", path, err)
 		}
 	}
-	if ok && lk != nil && binary.BigEndian.Uint64(lk) > lc.last {
-		ok = false
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("store: salvage %s: put the new store in place: %w", path, err)
 	}
-	if ok {
-		return true, nil
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("store: salvage %s: sync directory: %w", path, err)
 	}
-	if err := rebuildLedger(tx, &lc); err != nil {
-		return false, err
+	rec.MovedTo = name
+	if err := pruneBroken(path, name); err != nil {
+		cfg.warn("store: cannot remove old broken files", "err", err)
 	}
-	cfg.warn("store: command ledger disagreed with its counters; rebuilt",
-		"entries", lc.depth, "last_seq", lc.last)
-	cs.ledger, cs.ledgerDirty = lc, true
-	return false, nil
-}
-
-// rebuildLedger sets lc from a scan of the ledger, keeping lc.last unless an
-// entry has a higher seq, deletes malformed entries and rebuilds the index
-// by id.
-func rebuildLedger(tx *bbolt.Tx, lc *streamCounters) error {
-	lb := tx.Bucket(bucketLedger)
-	type entry struct{ key, id []byte }
-	var good []entry
-	var bad [][]byte
-	lc.depth, lc.bytes = 0, 0
-	err := lb.ForEach(func(k, v []byte) error {
-		if _, id, ok := ledgerHead(k, v); ok {
-			good = append(good, entry{bytes.Clone(k), bytes.Clone(id)})
-			lc.depth++
-			lc.bytes += ledgerBytes(v)
-			lc.last = max(lc.last, binary.BigEndian.Uint64(k))
-		} else {
-			bad = append(bad, bytes.Clone(k))
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, k := range bad {
-		if err := lb.Delete(k); err != nil {
-			return err
-		}
-	}
-	if err := tx.DeleteBucket(bucketLedgerID); err != nil {
-		return err
-	}
-	ib, err := tx.CreateBucket(bucketLedgerID)
-	if err != nil {
-		return err
-	}
-	// In seq order, so that the latest entry of an id wins; an earlier one
-	// stays until pruned.
-	for _, e := range good {
-		if err := ib.Put(e.id, e.key); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// recount sets c from a scan of b, keeping c.last unless a stored record has
-// a higher seq.
-func recount(b *bbolt.Bucket, c *streamCounters) (int64, error) {
-	c.depth, c.bytes = 0, 0
-	err := b.ForEach(func(k, v []byte) error {
-		if len(k) != 8 || len(v) < headerLen {
-			return fmt.Errorf("record %x: %w", k, errShortRecord)
-		}
-		c.depth++
-		c.bytes += accounted(len(v) - headerLen)
-		c.last = max(c.last, binary.BigEndian.Uint64(k))
-		return nil
-	})
-	return c.depth, err
-}
-
-// moveAside renames a broken file to path.broken-<UTC time>, adding -2, -3 …
-// when that name is taken (the clock may be the same at every boot).
-func moveAside(path string, now time.Time) (string, error) {
-	base := path + ".broken-" + now.UTC().Format("20060102T150405Z")
-	name := base
-	for i := 2; ; i++ {
-		_, err := os.Lstat(name)
-		if errors.Is(err, fs.ErrNotExist) {
-			break
-		}
-		if err != nil {
-			return "", err
-		}
-		if i > 1000 {
-			return "", fmt.Errorf("too many files named %s-N", base)
-		}
-		name = fmt.Sprintf("%s-%d", base, i)
-	}
-	if err := os.Rename(path, name); err != nil {
-		return "", err
-	}
-	return name, syncDir(filepath.Dir(path))
+	cfg.warn("store: broken file salvaged into a new store",
+		"path", path, "moved_to", name, "reason", reason, "salvaged", rec.Salvaged, "lost", rec.Lost,
+		"seq_restarted", rec.SeqRestarted)
+	return rec, nil
 }
 
 func syncDir(dir string) error {
@@ -607,10 +483,23 @@ func (s *Store) CompactIfWasteful() (bool, error) {
 	if err != nil || !waste {
 		return false, err
 	}
-	if err := s.compact(); err != nil {
+	if err := s.compactGuarded(); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// compactGuarded compacts with corruption contained: a bbolt panic or a
+// memory fault while copying salvages the store instead. The caller holds
+// s.mu exclusively (or s is not yet shared).
+func (s *Store) compactGuarded() error {
+	var err error
+	fault := guard(func() { err = s.compact() })
+	if fault == nil {
+		return err
+	}
+	os.Remove(compactTemp(s.path))
+	return s.reopenLocked(fmt.Sprintf("corruption met at run time (compaction): %v", fault))
 }
 
 // wasteful reports whether the file should be compacted.

@@ -176,6 +176,13 @@ type Options struct {
 	// older than Now minus LedgerMaxAge are pruned. 0 means
 	// DefaultLedgerMaxAge (30 days); negative is an error.
 	LedgerMaxAge time.Duration
+	// RecoveryAlarm builds the payload of the alarm record appended to the
+	// Events stream (class Critical, seq as given) in the transaction that
+	// completes a store salvaged from a broken file, at Open or after
+	// corruption met at run time (see Recovery). It is called once per
+	// salvage, with no lock of the Store held; it must not call the Store.
+	// nil means no alarm record (Recovered still reports the salvage).
+	RecoveryAlarm func(r Recovery, seq uint64) ([]byte, error)
 }
 
 // Record is one stored record.
@@ -184,13 +191,6 @@ type Record struct {
 	Seq     uint64    // per-stream sequence: 1, 2, 3 … never reused, no gaps, survives restarts
 	Payload []byte    // a copy, safe to keep
 	Added   time.Time // wall clock when appended (UTC)
-}
-
-// Recovery describes a broken file that Open moved aside before creating a
-// fresh store.
-type Recovery struct {
-	MovedTo string // where the broken file now is
-	Reason  string // why it was moved (no record content)
 }
 
 // StreamStats are the counters of one stream.
@@ -211,6 +211,9 @@ type Stats struct {
 	FileBytes int64  // size of the file on disk
 	Evicted   uint64 // Telemetry records deleted to make room since Open
 	Refused   uint64 // appends refused with ErrFull since Open
+	// Recoveries counts the broken files salvaged since Open, at Open
+	// included (see Recovered).
+	Recoveries uint64
 }
 
 // Store is an open outbox. Its methods are safe for concurrent use.
@@ -221,12 +224,17 @@ type Store struct {
 	changed   chan struct{}
 	evicted   atomic.Uint64
 	refused   atomic.Uint64
+	// recoveries counts the salvages since Open (at Open included).
+	recoveries atomic.Uint64
 
-	// mu guards db and closed. Operations hold it shared for their whole
-	// duration; Close and compaction hold it exclusively.
+	// mu guards db, closed, gen, failed and recovered. Operations hold it
+	// shared for their whole duration; Close, compaction and reopening
+	// (health.go) hold it exclusively.
 	mu     sync.RWMutex
 	db     *bbolt.DB
 	closed bool
+	gen    uint64 // counts reopenings of the file
+	failed error  // set when reopening failed: every operation returns it
 
 	// Group commit of appends (see append.go).
 	qmu   sync.Mutex
@@ -234,9 +242,11 @@ type Store struct {
 	busy  bool
 }
 
-// Recovered reports the broken file Open moved aside, or nil if there was
-// none.
+// Recovered reports the latest salvage of a broken file (at Open, or after
+// corruption met at run time), or nil if there was none.
 func (s *Store) Recovered() *Recovery {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.recovered == nil {
 		return nil
 	}
@@ -268,6 +278,11 @@ func (s *Store) acquire() error {
 		s.mu.RUnlock()
 		return ErrClosed
 	}
+	if s.failed != nil {
+		err := s.failed
+		s.mu.RUnlock()
+		return err
+	}
 	return nil
 }
 
@@ -284,27 +299,28 @@ func (s *Store) Read(st Stream, after uint64, max int) ([]Record, error) {
 	if after == ^uint64(0) {
 		return nil, nil
 	}
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.mu.RUnlock()
 	var out []Record
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b, err := recordBucket(tx, st)
-		if err != nil {
-			return err
-		}
-		out = make([]Record, 0, min(max, 256))
-		c := b.Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
-			r, err := decodeRecord(st, k, v)
+	err := s.withDB("read", func(db *bbolt.DB) error {
+		return db.View(func(tx *bbolt.Tx) error {
+			b, err := recordBucket(tx, st)
 			if err != nil {
 				return err
 			}
-			out = append(out, r)
-		}
-		return nil
+			out = make([]Record, 0, min(max, 256))
+			c := b.Cursor()
+			for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
+				r, err := decodeRecord(st, k, v)
+				if err != nil {
+					return err
+				}
+				out = append(out, r)
+			}
+			return nil
+		})
 	})
+	if errors.Is(err, ErrClosed) || errors.Is(err, ErrUnavailable) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: read %s: %w", st, err)
 	}
@@ -320,43 +336,44 @@ func (s *Store) Delete(st Stream, seqs ...uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
-	if err := s.acquire(); err != nil {
-		return err
-	}
-	defer s.mu.RUnlock()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b, err := recordBucket(tx, st)
-		if err != nil {
-			return err
-		}
-		cs, err := loadCounters(tx)
-		if err != nil {
-			return err
-		}
-		c := cs.get(st)
-		deleted := 0
-		for _, seq := range seqs {
-			k := seqKey(seq)
-			v := b.Get(k)
-			if v == nil {
-				continue
-			}
-			if len(v) < headerLen {
-				return fmt.Errorf("record %d: %w", seq, errShortRecord)
-			}
-			if err := b.Delete(k); err != nil {
+	err := s.withDB("delete", func(db *bbolt.DB) error {
+		return db.Update(func(tx *bbolt.Tx) error {
+			b, err := recordBucket(tx, st)
+			if err != nil {
 				return err
 			}
-			c.depth--
-			c.bytes -= accounted(len(v) - headerLen)
-			deleted++
-		}
-		if deleted == 0 {
-			return errNothing
-		}
-		cs.set(st, c)
-		return cs.save(tx)
+			cs, err := loadCounters(tx)
+			if err != nil {
+				return err
+			}
+			c := cs.get(st)
+			deleted := 0
+			for _, seq := range seqs {
+				k := seqKey(seq)
+				v := b.Get(k)
+				if v == nil {
+					continue
+				}
+				if len(v) < headerLen {
+					return fmt.Errorf("record %d: %w", seq, errShortRecord)
+				}
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				c.depth--
+				c.bytes -= accounted(len(v) - headerLen)
+				deleted++
+			}
+			if deleted == 0 {
+				return errNothing
+			}
+			cs.set(st, c)
+			return cs.save(tx)
+		})
 	})
+	if errors.Is(err, ErrClosed) || errors.Is(err, ErrUnavailable) {
+		return err
+	}
 	if err != nil && err != errNothing {
 		return fmt.Errorf("store: delete %s: %w", st, err)
 	}
@@ -365,37 +382,41 @@ func (s *Store) Delete(st Stream, seqs ...uint64) error {
 
 // Stats returns the store's counters.
 func (s *Store) Stats() (Stats, error) {
-	if err := s.acquire(); err != nil {
-		return Stats{}, err
-	}
-	defer s.mu.RUnlock()
 	st := Stats{
-		Streams:  make(map[Stream]StreamStats, len(streams)),
-		MaxBytes: s.cfg.maxBytes,
-		Reserve:  s.cfg.reserve,
-		Evicted:  s.evicted.Load(),
-		Refused:  s.refused.Load(),
+		Streams:    make(map[Stream]StreamStats, len(streams)),
+		MaxBytes:   s.cfg.maxBytes,
+		Reserve:    s.cfg.reserve,
+		Evicted:    s.evicted.Load(),
+		Refused:    s.refused.Load(),
+		Recoveries: s.recoveries.Load(),
 	}
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		cs, err := loadCounters(tx)
-		if err != nil {
-			return err
-		}
-		for i, name := range streams {
-			c := cs.c[i]
-			ss := StreamStats{Depth: int(c.depth), Bytes: c.bytes, LastSeq: c.last}
-			b, err := recordBucket(tx, name)
+	err := s.withDB("stats", func(db *bbolt.DB) error {
+		clear(st.Streams)
+		st.Bytes = 0
+		return db.View(func(tx *bbolt.Tx) error {
+			cs, err := loadCounters(tx)
 			if err != nil {
 				return err
 			}
-			if k, v := b.Cursor().First(); k != nil && len(v) >= headerLen {
-				ss.Oldest = decodeAdded(v)
+			for i, name := range streams {
+				c := cs.c[i]
+				ss := StreamStats{Depth: int(c.depth), Bytes: c.bytes, LastSeq: c.last}
+				b, err := recordBucket(tx, name)
+				if err != nil {
+					return err
+				}
+				if k, v := b.Cursor().First(); k != nil && len(v) >= headerLen {
+					ss.Oldest = decodeAdded(v)
+				}
+				st.Streams[name] = ss
+				st.Bytes += c.bytes
 			}
-			st.Streams[name] = ss
-			st.Bytes += c.bytes
-		}
-		return nil
+			return nil
+		})
 	})
+	if errors.Is(err, ErrClosed) || errors.Is(err, ErrUnavailable) {
+		return Stats{}, err
+	}
 	if err != nil {
 		return Stats{}, fmt.Errorf("store: stats: %w", err)
 	}
@@ -407,22 +428,18 @@ func (s *Store) Stats() (Stats, error) {
 	return st, nil
 }
 
-// Check runs bbolt's full consistency check of the file. It reads every
-// page, so it takes time proportional to the file size; appends wait while
-// it runs, reads do not.
+// Check runs the full consistency check of the file (see check.go): it
+// reads every page reachable from the current snapshot, in a read
+// transaction, so appends go on while it runs.
 func (s *Store) Check() error {
-	if err := s.acquire(); err != nil {
-		return err
-	}
-	defer s.mu.RUnlock()
 	var cerr error
-	// bbolt's check reads the shared freelist: run it in a write transaction
-	// (rolled back) so no writer changes it meanwhile.
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		cerr = checkTx(tx)
-		return errNothing
+	err := s.withDB("check", func(db *bbolt.DB) error {
+		return db.View(func(tx *bbolt.Tx) error {
+			cerr = checkView(tx, s.path)
+			return nil
+		})
 	})
-	if err != nil && err != errNothing {
+	if err != nil {
 		return fmt.Errorf("store: check: %w", err)
 	}
 	if cerr != nil {
@@ -440,6 +457,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.db == nil {
+		return nil
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
@@ -459,20 +479,18 @@ func (s *Store) GetSetting(key string) ([]byte, error) {
 	if key == "" {
 		return nil, errors.New("store: get setting: empty key")
 	}
-	if err := s.acquire(); err != nil {
-		return nil, err
-	}
-	defer s.mu.RUnlock()
 	var out []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketSettings)
-		if b == nil {
-			return errMissingBucket
-		}
-		if v := b.Get([]byte(key)); v != nil {
-			out = append(make([]byte, 0, len(v)), v...)
-		}
-		return nil
+	err := s.withDB("get setting", func(db *bbolt.DB) error {
+		return db.View(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketSettings)
+			if b == nil {
+				return errMissingBucket
+			}
+			if v := b.Get([]byte(key)); v != nil {
+				out = append(make([]byte, 0, len(v)), v...)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: get setting: %w", err)
@@ -489,17 +507,15 @@ func (s *Store) PutSetting(key string, value []byte) error {
 	if len(key) > maxSettingKey || len(value) > maxSettingValue {
 		return fmt.Errorf("%w: setting key of %d bytes or value of %d bytes", ErrTooLarge, len(key), len(value))
 	}
-	if err := s.acquire(); err != nil {
-		return err
-	}
-	defer s.mu.RUnlock()
 	v := append(make([]byte, 0, len(value)), value...)
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketSettings)
-		if b == nil {
-			return errMissingBucket
-		}
-		return b.Put([]byte(key), v)
+	err := s.withDB("put setting", func(db *bbolt.DB) error {
+		return db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketSettings)
+			if b == nil {
+				return errMissingBucket
+			}
+			return b.Put([]byte(key), v)
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("store: put setting: %w", err)
@@ -512,19 +528,17 @@ func (s *Store) DeleteSetting(key string) error {
 	if key == "" {
 		return errors.New("store: delete setting: empty key")
 	}
-	if err := s.acquire(); err != nil {
-		return err
-	}
-	defer s.mu.RUnlock()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketSettings)
-		if b == nil {
-			return errMissingBucket
-		}
-		if b.Get([]byte(key)) == nil {
-			return errNothing
-		}
-		return b.Delete([]byte(key))
+	err := s.withDB("delete setting", func(db *bbolt.DB) error {
+		return db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketSettings)
+			if b == nil {
+				return errMissingBucket
+			}
+			if b.Get([]byte(key)) == nil {
+				return errNothing
+			}
+			return b.Delete([]byte(key))
+		})
 	})
 	if err != nil && err != errNothing {
 		return fmt.Errorf("store: delete setting: %w", err)

@@ -929,7 +929,7 @@ func TestLoggerReportsRecovery(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	s := openStore(t, path, &Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
-	if s.Recovered() == nil || !strings.Contains(buf.String(), "moved aside") || !strings.Contains(buf.String(), s.Recovered().MovedTo) {
+	if s.Recovered() == nil || !strings.Contains(buf.String(), "salvaged") || !strings.Contains(buf.String(), s.Recovered().MovedTo) {
 		t.Fatalf("log %q, recovered %+v", buf.String(), s.Recovered())
 	}
 }

@@ -95,6 +95,10 @@ type QueueStatus struct {
 	Evicted      uint64                  `json:"evicted"`
 	Streams      map[string]StreamStatus `json:"streams,omitempty"`
 	DiskFreeByte uint64                  `json:"disk_free_bytes"`
+	// BrokenFiles and BrokenBytes count the broken store files kept for inspection beside the
+	// store (at most two) and their bytes.
+	BrokenFiles int   `json:"broken_files,omitempty"`
+	BrokenBytes int64 `json:"broken_bytes,omitempty"`
 }
 
 // StreamStatus is one stream of the store.

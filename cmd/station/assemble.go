@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"station.dev/agent/agent"
 	"station.dev/agent/agent/config"
@@ -88,15 +89,22 @@ func assemble(base *config.Config, flags func(*config.Config), opts agent.Option
 		_ = opts.LogLevel.UnmarshalText([]byte(cfg.LogLevel))
 	}
 
+	// The store writes its store.recovered alarm itself, in the transaction that completes a
+	// salvaged store: nothing that fails later in the assembly can lose it.
+	if opts.BootID == "" {
+		opts.BootID = agent.NewBootID()
+	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "station.db"), &store.Options{
 		MaxBytes: int64(cfg.Store.MaxBytes), Logger: log.With("component", "store"),
+		RecoveryAlarm: agent.RecoveryAlarm(opts.BootID, time.Now()),
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, st.Close)
 	if rec := st.Recovered(); rec != nil {
-		log.Error("store was broken: moved aside, started a new one", "moved_to", rec.MovedTo, "reason", rec.Reason)
+		log.Error("store was broken: salvaged into a new one", "moved_to", rec.MovedTo, "reason", rec.Reason,
+			"salvaged", rec.Salvaged, "lost", rec.Lost, "seq_restarted", rec.SeqRestarted)
 	}
 	if ov == nil {
 		ov = config.Overrides{}
