@@ -348,3 +348,17 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 func card(n int) cardreader.Presentation {
 	return cardreader.Presentation{Card: &emv.Identity{Kind: "uid", Token: fmt.Sprintf("token-%d", n)}}
 }
+
+// runLoop runs one of the agent's loops (of a harness built with noRun) until the test ends.
+func runLoop(t *testing.T, loop func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- loop(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("loop: %v", err)
+		}
+	})
+}
