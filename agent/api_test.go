@@ -191,6 +191,7 @@ func TestAPIRecords(t *testing.T) {
 	for _, body := range []any{
 		map[string]any{"type": "receipt"},
 		map[string]any{"type": "Kiosk.Receipt"},
+		map[string]any{"type": contract.TypeCardTap}, // the agent's own type
 		map[string]any{"type": "kiosk.receipt", "colour": "red"},
 		`{"type":`,
 	} {
