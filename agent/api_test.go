@@ -207,24 +207,14 @@ func TestAPIRecords(t *testing.T) {
 
 func TestAPIRecordsStoreFull(t *testing.T) {
 	h := startHarness(t, harnessOpts{config: func(c *config.Config) { c.Store.MaxBytes = 1 << 20 }})
-	// Fill it with ever smaller records until not even a small one fits.
-	for _, size := range []int{15 << 10, 2 << 10, 256, 0} {
-		pad := strings.Repeat("x", size)
-		for i := 0; ; i++ {
-			if i > 1000 {
-				t.Fatal("the store never filled")
-			}
-			if _, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.bulk", Data: map[string]any{"pad": pad}}); err != nil {
-				break
-			}
-		}
-	}
+	fillStore(t, h.a)
 	alarms := len(recordsOfType(t, h.a, contract.TypeStoreFull))
 	if alarms == 0 {
 		t.Fatal("no store.full alarm")
 	}
 	var apiErr contract.APIError
-	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt"}, http.StatusInsufficientStorage, &apiErr)
+	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt", "data": map[string]any{"note": strings.Repeat("n", 100)}},
+		http.StatusInsufficientStorage, &apiErr)
 	if !strings.Contains(apiErr.Error, "store is full") {
 		t.Fatalf("507 body %q", apiErr.Error)
 	}
@@ -234,6 +224,26 @@ func TestAPIRecordsStoreFull(t *testing.T) {
 	}
 	if q := h.a.Queue(); !q.Full || q.FullReason != contract.ErrStoreFull {
 		t.Fatalf("queue %+v", q)
+	}
+}
+
+// fillStore submits ever smaller records until not even the smallest fits: what is left is less
+// than a bare record, so any larger record, a card tap included, is refused.
+func fillStore(t *testing.T, a *Agent) {
+	t.Helper()
+	for _, size := range []int{15 << 10, 2 << 10, 256, -1} {
+		req := contract.SubmitRequest{Type: "a.b"}
+		if size >= 0 {
+			req = contract.SubmitRequest{Type: "kiosk.bulk", Data: map[string]any{"pad": strings.Repeat("x", size)}}
+		}
+		for i := 0; ; i++ {
+			if i > 1000 {
+				t.Fatal("the store never filled")
+			}
+			if _, err := a.Submit(req); err != nil {
+				break
+			}
+		}
 	}
 }
 

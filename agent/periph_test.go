@@ -261,18 +261,7 @@ func TestIndicatorPatterns(t *testing.T) {
 		t.Fatalf("tap offline shown as %q", p)
 	}
 
-	// Fill the store with submitted records until not even a small one fits.
-	for _, size := range []int{15 << 10, 2 << 10, 256, 0} {
-		pad := strings.Repeat("x", size)
-		for i := 0; ; i++ {
-			if i > 1000 {
-				t.Fatal("the store never filled")
-			}
-			if _, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.bulk", Data: map[string]any{"pad": pad}}); err != nil {
-				break
-			}
-		}
-	}
+	fillStore(t, h.a)
 	h.reader.c <- card(3)
 	if p := shown(); p != indicator.Refused {
 		t.Fatalf("tap refused shown as %q", p)
