@@ -164,7 +164,8 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 			a.respondRaw(rec.Seq, *prev)
 			return
 		}
-		cerr = cmdErr(contract.CodeReplayed, "command id %s was already used for another command", cmd.ID)
+		a.refuseReplay(rec.Seq, cmd)
+		return
 	}
 
 	resp := contract.Response{ID: cmd.ID}
@@ -197,6 +198,24 @@ func (a *Agent) handleInbox(ctx context.Context, rec store.Record) {
 	}
 	if after != nil {
 		after() // restart, reboot: only once the response is durable
+	}
+}
+
+// refuseReplay answers a command that reuses the id of one already answered. The ledger keeps
+// the earlier command's entry, so a redelivery of that command still gets its own response:
+// the refusal is appended and the inbox entry deleted without touching the ledger. A power cut
+// between the two leaves the entry in the inbox, and it is refused once more.
+func (a *Agent) refuseReplay(inboxSeq uint64, cmd *contract.Command) {
+	cerr := cmdErr(contract.CodeReplayed, "command id %s was already used for another command", cmd.ID)
+	resp := contract.Response{ID: cmd.ID, Error: cerr, TS: rfc3339(a.clk.Now())}
+	a.cmds.stats.refused.Add(1)
+	a.log.Info("command refused", "id", cmd.ID, "name", cmd.Name, "code", cerr.Code, "reason", cerr.Message)
+	if _, err := a.store.Append(store.Responses, store.Critical, func(uint64) ([]byte, error) { return json.Marshal(resp) }); err != nil {
+		a.log.Error("storing a command response", "id", cmd.ID, "err", err)
+		return
+	}
+	if err := a.store.Delete(store.Inbox, inboxSeq); err != nil {
+		a.log.Error("removing a refused command from the inbox", "id", cmd.ID, "err", err)
 	}
 }
 

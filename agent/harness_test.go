@@ -26,28 +26,29 @@ import (
 
 // The fakes below stand in for the station's hardware; the store and the broker are real.
 
-// fakeReader hands out the presentations a test sends on c.
+// fakeReader hands out the presentations a test sends on c, and the errors it sends on errs.
 type fakeReader struct {
 	c      chan cardreader.Presentation
+	errs   chan error
 	mu     sync.Mutex
 	health pn532.Health
-	err    error // returned by Next once, then cleared
 }
 
 func (f *fakeReader) Next(ctx context.Context) (cardreader.Presentation, error) {
-	f.mu.Lock()
-	err := f.err
-	f.err = nil
-	f.mu.Unlock()
-	if err != nil {
-		return cardreader.Presentation{}, err
-	}
 	select {
 	case p := <-f.c:
 		return p, nil
+	case err := <-f.errs:
+		return cardreader.Presentation{}, err
 	case <-ctx.Done():
 		return cardreader.Presentation{}, ctx.Err()
 	}
+}
+
+func (f *fakeReader) setHealth(h pn532.Health) {
+	f.mu.Lock()
+	f.health = h
+	f.mu.Unlock()
 }
 
 func (f *fakeReader) Health() pn532.Health {
@@ -198,7 +199,7 @@ type fakes struct {
 
 func newFakes() *fakes {
 	f := &fakes{
-		reader:  &fakeReader{c: make(chan cardreader.Presentation), health: pn532.Health{State: "ok", Firmware: "PN532 v1.6"}},
+		reader:  &fakeReader{c: make(chan cardreader.Presentation), errs: make(chan error), health: pn532.Health{State: "ok", Firmware: "PN532 v1.6"}},
 		ind:     &fakeIndicator{shown: make(chan indicator.Pattern, 100)},
 		door:    &fakeDoor{events: make(chan door.Event, 10)},
 		env:     &fakeEnv{rd: envsensor.Reading{TempC: 22, Humidity: 45, PressurePa: 101325}},
@@ -233,7 +234,8 @@ type harness struct {
 	a *Agent
 	*fakes
 	socket string
-	stop   func() error
+	stop   func() error  // cancels Run and returns what it returned
+	ended  chan struct{} // closed once Run has returned
 }
 
 func closedPortURL(t *testing.T) string {
@@ -310,15 +312,15 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	var once sync.Once
+	h.ended = make(chan struct{})
 	var runErr error
+	go func() {
+		runErr = a.Run(ctx, ln)
+		close(h.ended)
+	}()
 	h.stop = func() error {
-		once.Do(func() {
-			cancel()
-			runErr = <-done
-		})
+		cancel()
+		<-h.ended
 		return runErr
 	}
 	t.Cleanup(func() {
@@ -328,8 +330,8 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 	})
 	select {
 	case <-ready:
-	case err := <-done:
-		t.Fatalf("Run ended before ready: %v", err)
+	case <-h.ended:
+		t.Fatalf("Run ended before ready: %v", runErr)
 	}
 	// The peripherals are opened by their own loops: wait until each has been tried once.
 	waitFor(t, func() bool {
@@ -345,4 +347,18 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 
 func card(n int) cardreader.Presentation {
 	return cardreader.Presentation{Card: &emv.Identity{Kind: "uid", Token: fmt.Sprintf("token-%d", n)}}
+}
+
+// runLoop runs one of the agent's loops (of a harness built with noRun) until the test ends.
+func runLoop(t *testing.T, loop func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- loop(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("loop: %v", err)
+		}
+	})
 }
