@@ -281,11 +281,6 @@ func TestLogRing(t *testing.T) {
 }
 
 func TestSmallHelpers(t *testing.T) {
-	for n, want := range map[int64]string{0: "0B", 1023: "1023B", 1536: "1.5KiB", 3 << 20: "3.0MiB"} {
-		if got := sizeText(n); got != want {
-			t.Errorf("sizeText(%d) = %q, want %q", n, got, want)
-		}
-	}
 	if got := joinDetail("", "a", "", "b"); got != "a, b" {
 		t.Errorf("joinDetail %q", got)
 	}
