@@ -64,9 +64,9 @@ type KeyEntry struct {
 
 // Keyed is one record of a keyed append.
 type Keyed struct {
-	Key    string                          // 1 to MaxKeyLen bytes
-	Digest []byte                          // up to 64 bytes; same key and digest means the same record
-	Ref    []byte                          // up to 255 bytes, kept with the key
+	Key    string                           // 1 to MaxKeyLen bytes
+	Digest []byte                           // up to 64 bytes; same key and digest means the same record
+	Ref    []byte                           // up to 255 bytes, kept with the key
 	Build  func(seq uint64) ([]byte, error) // as for Append
 }
 
