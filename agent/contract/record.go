@@ -16,6 +16,7 @@ type Record struct {
 	Card        *Card          `json:"card,omitempty"`
 	Error       *RecordError   `json:"error,omitempty"`
 	Data        map[string]any `json:"data,omitempty"`
+	Source      *Source        `json:"source,omitempty"` // submitted records: the program that sent it
 }
 
 // Card is a card's identity as records carry it: never the card number, track data or raw UID.
