@@ -42,6 +42,7 @@ func (a *Agent) Submit(src contract.Source, reqs []contract.SubmitRequest) ([]co
 		rec := a.newRecord(req.Type)
 		rec.Data = req.Data
 		rec.Source = &src
+		rec.Key = req.Key
 		items[i] = store.Keyed{Key: req.Key, Digest: submitDigest(req), Ref: []byte(rec.ID),
 			Build: func(seq uint64) ([]byte, error) {
 				rr := *rec // build may run more than once: keep it free of side effects on rec
