@@ -49,26 +49,31 @@ func unitOf(pid int) string {
 }
 
 // unitFromCgroup picks the unit out of /proc/PID/cgroup: the last .service or .scope in the
-// path of the unified hierarchy ("0::/system.slice/kiosk.service" is kiosk.service), or of
-// systemd's own v1 hierarchy.
+// path of the unified hierarchy ("0::/system.slice/kiosk.service" is kiosk.service), or else of
+// systemd's own v1 hierarchy (hybrid setups).
 func unitFromCgroup(s string) string {
-	var path string
+	var unified, v1 string
 	for _, line := range strings.Split(s, "\n") {
 		h, rest, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
 		}
 		ctrl, p, ok := strings.Cut(rest, ":")
-		if !ok {
-			continue
-		}
-		if h == "0" && ctrl == "" || ctrl == "name=systemd" {
-			path = p
-			if h == "0" {
-				break
-			}
+		switch {
+		case !ok:
+		case h == "0" && ctrl == "":
+			unified = p
+		case ctrl == "name=systemd":
+			v1 = p
 		}
 	}
+	if u := unitInPath(unified); u != "" {
+		return u
+	}
+	return unitInPath(v1)
+}
+
+func unitInPath(path string) string {
 	parts := strings.Split(path, "/")
 	for i := len(parts) - 1; i >= 0; i-- {
 		if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
