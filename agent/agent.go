@@ -177,7 +177,9 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener) error {
 		{"status", a.statusLoop},
 		{"peripherals", a.peripheralsLoop},
 		{"commands", a.commandLoop},
-		{"api", func(ctx context.Context) error { return localapi.Serve(ctx, ln, localapi.NewHandler(a)) }},
+		{"api", func(ctx context.Context) error {
+			return localapi.Serve(ctx, ln, localapi.NewHandler(a, a.apiOptions()))
+		}},
 	}
 	var wg sync.WaitGroup
 	for _, l := range loops {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
-	"station.dev/agent/agent/localapi"
 	"station.dev/agent/drivers/cardreader"
 	"station.dev/agent/drivers/indicator"
 	"station.dev/agent/internal/backoff"
@@ -169,21 +168,6 @@ func (a *Agent) writeBootRecords() {
 	if _, err := a.appendRecord(r, store.Critical); err != nil {
 		a.log.Error("writing station.boot record", "err", err)
 	}
-}
-
-// Submit records a typed record from other station software (the local API).
-func (a *Agent) Submit(req contract.SubmitRequest) (contract.TapResult, error) {
-	rec := a.newRecord(req.Type)
-	rec.Data = req.Data
-	saved, err := a.appendRecord(rec, store.Normal)
-	if noRoom(err) {
-		a.storeFull(err)
-		return contract.TapResult{}, localapi.Errorf(localapi.StatusFull, "%s", refusal(err))
-	}
-	if err != nil {
-		return contract.TapResult{}, errors.New("not recorded: " + err.Error())
-	}
-	return contract.TapResult{OK: true, ID: saved.ID, Seq: saved.Seq, Type: saved.Type}, nil
 }
 
 // handlePresentation turns one presentation into a durable record, then tells the person.

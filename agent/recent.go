@@ -1,24 +1,31 @@
 package agent
 
-import "sync"
+import (
+	"encoding/json"
+	"sync"
+)
 
 // recentRecords keeps the last records written, for `station events`, and feeds followers.
 type recentRecords struct {
 	mu        sync.Mutex
 	ring      [][]byte
+	seqs      []uint64 // the seq of each record of ring, for the feed (EventsAfter)
 	next      int
 	full      bool
 	followers map[chan []byte]struct{}
 }
 
 func newRecentRecords(n int) *recentRecords {
-	return &recentRecords{ring: make([][]byte, n), followers: map[chan []byte]struct{}{}}
+	return &recentRecords{ring: make([][]byte, n), seqs: make([]uint64, n), followers: map[chan []byte]struct{}{}}
 }
 
 func (r *recentRecords) add(b []byte) {
+	var head struct{ Seq uint64 }
+	_ = json.Unmarshal(b, &head)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ring[r.next] = b
+	r.seqs[r.next] = head.Seq
 	r.next = (r.next + 1) % len(r.ring)
 	if r.next == 0 {
 		r.full = true
@@ -67,4 +74,22 @@ func (r *recentRecords) unfollow(ch chan []byte) {
 		delete(r.followers, ch)
 		close(ch)
 	}
+}
+
+// after returns the records kept whose seq is above seq, in no particular order.
+func (r *recentRecords) after(seq uint64) []seqRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []seqRecord
+	for i, b := range r.ring {
+		if b != nil && r.seqs[i] > seq {
+			out = append(out, seqRecord{r.seqs[i], b})
+		}
+	}
+	return out
+}
+
+type seqRecord struct {
+	seq uint64
+	b   []byte
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"sync/atomic"
 	"testing"
 
 	"station.dev/agent/internal/stationproc"
@@ -92,9 +94,12 @@ func (a *agent) tryStatus() (statusDoc, error) {
 	return st, nil
 }
 
-// submit posts a record of another station program (POST /api/v0/records).
+var submitKeys atomic.Uint64
+
+// submit posts a record of another station program (POST /api/v0/records), under a key of its own.
 func submit(c *http.Client, typ string, data map[string]any) (stationproc.TapLine, int, error) {
-	body, err := json.Marshal(map[string]any{"type": typ, "data": data})
+	key := fmt.Sprintf("faulttest-%d-%d", os.Getpid(), submitKeys.Add(1))
+	body, err := json.Marshal(map[string]any{"key": key, "type": typ, "data": data})
 	if err != nil {
 		return stationproc.TapLine{}, 0, err
 	}

@@ -18,6 +18,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("STATION_FAULTS_RACE") == "1" {
 		stationproc.Race = true
 	}
+	stationproc.Tags = "faults" // the agent's fault points (agent/fault_faults.go), inert unless asked for
 	os.Exit(stationproc.Main(m))
 }
 

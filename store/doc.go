@@ -42,6 +42,15 @@
 // full store never evicts ledger entries. The file limit leaves room for
 // them.
 //
+// # Idempotency keys
+//
+// [Store.AppendKeyed] appends records under callers' keys, several in one
+// transaction, all or nothing. A key seen again with the same digest
+// answers the record it first made, without appending; with another digest
+// it is refused with [ErrKeyConflict]. Keys are kept at least
+// [KeyRetention] and as long as their record is stored, and are not
+// accounted against MaxBytes.
+//
 // # Robustness
 //
 // [Open] locks the file, then reads every page reachable from its newest

@@ -40,6 +40,7 @@ type Config struct {
 	Door      Door      `toml:"door"`
 	Env       Env       `toml:"environment"`
 	Display   Display   `toml:"display"`
+	LocalAPI  LocalAPI  `toml:"local_api"`
 
 	// Sim replaces all hardware with emulated hardware. Set by --sim, not by the file.
 	Sim bool `toml:"-"`
@@ -57,6 +58,16 @@ type MQTT struct {
 	Window       int      `toml:"window"`
 	KeepAlive    Duration `toml:"keepalive"`
 	BackoffMax   Duration `toml:"backoff_max"`
+}
+
+// LocalAPI is the [local_api] table: limits of submissions by the kiosk's software.
+type LocalAPI struct {
+	// SubmitRate is the records per second each local program may submit (429 beyond);
+	// 0 means the default (localapi.DefaultSubmitRate); -1 means no limit.
+	SubmitRate float64 `toml:"submit_rate"`
+	// SubmitBurst is how many records a program may submit at once above the rate; 0 means the
+	// default (localapi.DefaultSubmitBurst), and at least a full batch (100) is allowed.
+	SubmitBurst int `toml:"submit_burst"`
 }
 
 // Store is the [store] table: the local outbox.
@@ -261,6 +272,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.Telemetry.Interval < Duration(time.Second) {
 		return fmt.Errorf("config: telemetry.interval %s: must be at least 1s", c.Telemetry.Interval)
+	}
+	if c.LocalAPI.SubmitRate < 0 && c.LocalAPI.SubmitRate != -1 || c.LocalAPI.SubmitBurst < 0 {
+		return errors.New("config: local_api: submit_rate must be positive (or -1: no limit), submit_burst positive")
 	}
 	if err := c.Env.normalize(); err != nil {
 		return err

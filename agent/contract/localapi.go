@@ -7,8 +7,8 @@ import "encoding/json"
 const (
 	PathStatus   = "/api/v0/status"   // GET: Status
 	PathQueue    = "/api/v0/queue"    // GET: QueueStatus
-	PathEvents   = "/api/v0/events"   // GET ?n=N[&follow=1]: recent Records as JSON lines
-	PathRecords  = "/api/v0/records"  // POST SubmitRequest: TapResult
+	PathEvents   = "/api/v0/events"   // GET ?n=N[&follow=1]: recent Records; ?after=SEQ&type=T: FeedEvents (JSON lines)
+	PathRecords  = "/api/v0/records"  // POST SubmitRequest: SubmitResult (kiosk.go)
 	PathTap      = "/api/v0/tap"      // POST TapRequest: TapResult per presentation, JSON lines (--sim)
 	PathSelfTest = "/api/v0/selftest" // GET: SelfTest
 	PathSimDoor  = "/api/v0/sim/door" // POST SimDoorRequest (--sim)
@@ -18,12 +18,16 @@ const (
 // APIError is the body of every local API error.
 type APIError struct {
 	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`  // for submissions: Code* (kiosk.go)
+	Field string `json:"field,omitempty"` // the path of the offending value in a submitted record
 }
 
-// SubmitRequest is a typed record from other station software (ValidSubmittedType).
+// SubmitRequest is a typed record from other station software (ValidSubmittedType, and not
+// ReservedType). Key is its idempotency key, unless the Idempotency-Key header carries it.
 type SubmitRequest struct {
+	Key  string         `json:"key,omitempty"`
 	Type string         `json:"type"`
-	Data map[string]any `json:"data"`
+	Data map[string]any `json:"data,omitempty"`
 }
 
 // MaxSubmitBytes is the largest SubmitRequest body.

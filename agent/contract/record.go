@@ -16,6 +16,8 @@ type Record struct {
 	Card        *Card          `json:"card,omitempty"`
 	Error       *RecordError   `json:"error,omitempty"`
 	Data        map[string]any `json:"data,omitempty"`
+	Source      *Source        `json:"source,omitempty"` // submitted records: the program that sent it
+	Key         string         `json:"key,omitempty"`    // submitted records: the client's idempotency key
 }
 
 // Card is a card's identity as records carry it: never the card number, track data or raw UID.

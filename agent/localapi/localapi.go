@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"station.dev/agent/agent/contract"
 )
@@ -28,8 +29,14 @@ type Backend interface {
 	// Follow returns a channel of the records written from now on and a function that ends the
 	// subscription. The channel is closed when the follower falls behind or stop is called.
 	Follow() (records <-chan []byte, stop func())
-	// Submit records a typed record from other station software.
-	Submit(req contract.SubmitRequest) (contract.TapResult, error)
+	// Submit records typed records from other station software, checked by the handler (key,
+	// type, data), all in one transaction or none: one result per request, in order. A record
+	// whose key was seen before answers the record it made then, marked Repeat. An *Error with
+	// Record set names the request that made it fail.
+	Submit(src contract.Source, reqs []contract.SubmitRequest) ([]contract.SubmitResult, error)
+	// EventsAfter returns up to max records of the events stream with a seq above after, in seq
+	// order: those still on the station. A seq missing in between is no longer available.
+	EventsAfter(after uint64, max int) ([]Event, error)
 	// SelfTest checks every component.
 	SelfTest() contract.SelfTest
 	// Tap presents virtual cards to the emulated reader and calls emit with each result once the
@@ -46,6 +53,12 @@ type Backend interface {
 type Error struct {
 	Status  int
 	Message string
+	// For submissions (records.go): the contract.Code*, the path of the offending value, the
+	// wait answered as Retry-After, and the 1-based record of a batch the error is about.
+	Code       string
+	Field      string
+	RetryAfter time.Duration
+	Record     int
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -68,14 +81,15 @@ const (
 	maxSimBody = 64 << 10 // sim requests are tiny
 )
 
-// NewHandler returns the API's HTTP handler over b.
-func NewHandler(b Backend) http.Handler {
-	h := &handler{b: b}
+// NewHandler returns the API's HTTP handler over b. A nil o means default Options.
+func NewHandler(b Backend, o *Options) http.Handler {
+	h := &handler{b: b, limit: newLimiter(o)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+contract.PathStatus, h.status)
 	mux.HandleFunc("GET "+contract.PathQueue, h.queue)
 	mux.HandleFunc("GET "+contract.PathEvents, h.events)
 	mux.HandleFunc("POST "+contract.PathRecords, h.submit)
+	mux.HandleFunc("POST "+contract.PathRecordsBatch, h.batch)
 	mux.HandleFunc("POST "+contract.PathTap, h.tap)
 	mux.HandleFunc("GET "+contract.PathSelfTest, h.selftest)
 	mux.HandleFunc("POST "+contract.PathSimDoor, h.simDoor)
@@ -83,7 +97,10 @@ func NewHandler(b Backend) http.Handler {
 	return mux
 }
 
-type handler struct{ b Backend }
+type handler struct {
+	b     Backend
+	limit *limiter
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -95,10 +112,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
 	var e *Error
+	body := contract.APIError{Error: err.Error()}
 	if errors.As(err, &e) {
 		code = e.Status
+		body.Code, body.Field = e.Code, e.Field
+		if e.RetryAfter > 0 {
+			w.Header().Set(contract.HeaderRetryAfter, strconv.Itoa(retrySeconds(e.RetryAfter)))
+		}
 	}
-	writeJSON(w, code, contract.APIError{Error: err.Error()})
+	writeJSON(w, code, body)
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
@@ -114,8 +136,12 @@ func (h *handler) selftest(w http.ResponseWriter, r *http.Request) {
 }
 
 // events writes recent records as JSON lines; with follow=1 it keeps the response open and
-// streams new records as they are written.
+// streams new records as they are written. With after= or type= it is the tap feed (feed.go).
 func (h *handler) events(w http.ResponseWriter, r *http.Request) {
+	if q := r.URL.Query(); q.Has("after") || q.Has("type") {
+		h.feed(w, r)
+		return
+	}
 	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 	if n <= 0 {
 		n = 20
@@ -154,24 +180,6 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-func (h *handler) submit(w http.ResponseWriter, r *http.Request) {
-	var req contract.SubmitRequest
-	if err := decodeBody(r, contract.MaxSubmitBytes, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	if !contract.ValidSubmittedType(req.Type) {
-		writeError(w, Errorf(StatusBadRequest, "bad record type %q: want dotted lower-case words like kiosk.receipt", req.Type))
-		return
-	}
-	res, err := h.b.Submit(req)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
 }
 
 // tap streams one TapResult per presentation as JSON lines, each once its record is durable.

@@ -47,6 +47,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       connContext, // who is calling: SO_PEERCRED (peer.go)
 	}
 	done := make(chan struct{})
 	go func() {

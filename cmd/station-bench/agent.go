@@ -27,6 +27,7 @@ type agentSpec struct {
 	dataDir   string // "" = a new directory in the work directory
 	telemetry string // [telemetry] interval; "" = the default
 	maxBytes  string // [store] max_bytes; "" = the default
+	unlimited bool   // no [local_api] submit rate: the benchmark is the only client
 }
 
 // agentProc is a running agent and a client of its local API.
@@ -68,6 +69,9 @@ func (b *bench) startAgent(spec agentSpec) (*agentProc, error) {
 	}
 	if spec.maxBytes != "" {
 		fmt.Fprintf(&cfg, "[store]\nmax_bytes = %q\n", spec.maxBytes)
+	}
+	if spec.unlimited {
+		fmt.Fprintf(&cfg, "[local_api]\nsubmit_rate = -1\n")
 	}
 	path := filepath.Join(b.work, spec.id+".toml")
 	if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {

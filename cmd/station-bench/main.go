@@ -78,7 +78,7 @@ const (
 )
 
 // phaseNames are the measurements -only may select.
-var phaseNames = []string{"size", "online", "idle", "append", "taps", "telemetry", "drain", "backlog"}
+var phaseNames = []string{"size", "online", "idle", "append", "taps", "submit", "telemetry", "drain", "backlog"}
 
 // run measures everything and prints the figures on stdout.
 func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
@@ -117,6 +117,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		{"idle", b.idle},
 		{"append", b.appendVsBolt},
 		{"taps", b.taps},
+		{"submit", b.submit},
 		{"telemetry", b.telemetryDisk},
 		{"drain", b.drainVsPaho},
 		{"backlog", b.backlog},

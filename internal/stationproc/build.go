@@ -37,6 +37,10 @@ const EnvQEMU = "STATION_TEST_QEMU"
 // with the race detector; a TestMain may set it before the tests run.
 var Race = raceEnabled
 
+// Tags are build tags for the binary Binary builds ("faults" builds in the agent's fault points,
+// which only the fault-injection suite uses). A TestMain may set it before the tests run.
+var Tags string
+
 var (
 	inMain atomic.Bool
 	bin    struct {
@@ -98,6 +102,9 @@ func Build(ctx context.Context, out string, race bool) error {
 	args := []string{"build", "-o", out}
 	if race {
 		args = append(args, "-race")
+	}
+	if Tags != "" {
+		args = append(args, "-tags", Tags)
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, stationPkg)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
