@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -115,7 +117,7 @@ func TestAPIStatusQueueSelfTest(t *testing.T) {
 func TestAPIEvents(t *testing.T) {
 	h := startHarness(t, harnessOpts{})
 	for _, typ := range []string{"kiosk.one", "kiosk.two", "kiosk.three"} {
-		if res, err := h.a.Submit(contract.SubmitRequest{Type: typ}); err != nil || !res.OK {
+		if res, err := submitOne(h.a, contract.SubmitRequest{Type: typ}); err != nil || !res.OK {
 			t.Fatalf("submit %s: %+v %v", typ, res, err)
 		}
 	}
@@ -166,7 +168,7 @@ func TestAPIEvents(t *testing.T) {
 	if r := next(); r.Type != "kiosk.three" {
 		t.Fatalf("follow began with %s", r.Type)
 	}
-	res, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.four"})
+	res, err := submitOne(h.a, contract.SubmitRequest{Type: "kiosk.four"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,22 +179,22 @@ func TestAPIEvents(t *testing.T) {
 
 func TestAPIRecords(t *testing.T) {
 	h := startHarness(t, harnessOpts{})
-	var res contract.TapResult
-	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt", "data": map[string]any{"amount": 3}}, 200, &res)
+	var res contract.SubmitResult
+	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt", "key": "r1", "data": map[string]any{"amount": 3}}, 200, &res)
 	if !res.OK || res.Type != "kiosk.receipt" || res.Seq != 2 || res.ID == "" {
 		t.Fatalf("submit %+v", res)
 	}
 	recs := recordsOfType(t, h.a, "kiosk.receipt")
-	if len(recs) != 1 || recs[0].ID != res.ID || recs[0].Data["amount"] != float64(3) || recs[0].BootID != h.a.bootID {
+	if len(recs) != 1 || recs[0].ID != res.ID || fmt.Sprint(recs[0].Data["amount"]) != "3" || recs[0].BootID != h.a.bootID {
 		t.Fatalf("submitted records %+v", recs)
 	}
 
 	var apiErr contract.APIError
 	for _, body := range []any{
-		map[string]any{"type": "receipt"},
-		map[string]any{"type": "Kiosk.Receipt"},
-		map[string]any{"type": contract.TypeCardTap}, // the agent's own type
-		map[string]any{"type": "kiosk.receipt", "colour": "red"},
+		map[string]any{"type": "receipt", "key": "r2"},
+		map[string]any{"type": "Kiosk.Receipt", "key": "r2"},
+		map[string]any{"type": "kiosk.receipt", "key": "r2", "colour": "red"},
+		map[string]any{"type": "kiosk.receipt"}, // no key
 		`{"type":`,
 	} {
 		h.callJSON(t, "POST", contract.PathRecords, body, 400, &apiErr)
@@ -200,6 +202,8 @@ func TestAPIRecords(t *testing.T) {
 			t.Fatalf("%v: 400 without a message", body)
 		}
 	}
+	// The agent's own type.
+	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": contract.TypeCardTap, "key": "r3"}, 422, &apiErr)
 	if n := len(h.a.recent.last(0)); n != 2 {
 		t.Fatalf("%d records after refused submissions, want boot and one receipt", n)
 	}
@@ -213,7 +217,7 @@ func TestAPIRecordsStoreFull(t *testing.T) {
 		t.Fatal("no store.full alarm")
 	}
 	var apiErr contract.APIError
-	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt", "data": map[string]any{"note": strings.Repeat("n", 100)}},
+	h.callJSON(t, "POST", contract.PathRecords, map[string]any{"type": "kiosk.receipt", "key": "full-1", "data": map[string]any{"note": strings.Repeat("n", 100)}},
 		http.StatusInsufficientStorage, &apiErr)
 	if !strings.Contains(apiErr.Error, "store is full") {
 		t.Fatalf("507 body %q", apiErr.Error)
@@ -240,7 +244,7 @@ func fillStore(t *testing.T, a *Agent) {
 			if i > 1000 {
 				t.Fatal("the store never filled")
 			}
-			if _, err := a.Submit(req); err != nil {
+			if _, err := submitOne(a, req); err != nil {
 				break
 			}
 		}
@@ -366,4 +370,16 @@ func TestAPISimOnlyWithSimulator(t *testing.T) {
 	if n := len(h.a.recent.last(0)); n != 1 {
 		t.Fatalf("%d records, want only the boot record", n)
 	}
+}
+
+// submitOne submits one record as a local program would, with a key of its own unless it has one.
+func submitOne(a *Agent, req contract.SubmitRequest) (contract.SubmitResult, error) {
+	if req.Key == "" {
+		req.Key = newID()
+	}
+	res, err := a.Submit(contract.Source{UID: os.Getuid()}, []contract.SubmitRequest{req})
+	if err != nil {
+		return contract.SubmitResult{}, err
+	}
+	return res[0], nil
 }

@@ -85,7 +85,7 @@ func TestLinkHooks(t *testing.T) {
 	}
 
 	// The outbox is the store.
-	if _, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
+	if _, err := submitOne(h.a, contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
 		t.Fatal(err)
 	}
 	items, err := hooks.Outbox.Read("events", 0, 10)

@@ -49,7 +49,7 @@ func TestStatusKey(t *testing.T) {
 		t.Fatalf("store full: %q", k)
 	}
 	// A record that fits again ends the full episode.
-	if _, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
+	if _, err := submitOne(h.a, contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
 		t.Fatal(err)
 	}
 	if k := h.a.statusKey(); k != base {
@@ -71,7 +71,7 @@ func TestStoreFullEpisodes(t *testing.T) {
 	if line := h.a.statusLine(); line != "offline, 1 waiting, reader down, STORE FULL" {
 		t.Fatalf("status line %q", line)
 	}
-	if _, err := h.a.Submit(contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
+	if _, err := submitOne(h.a, contract.SubmitRequest{Type: "kiosk.receipt"}); err != nil {
 		t.Fatal(err)
 	}
 	if q := h.a.Queue(); q.Full || q.FullReason != "" {

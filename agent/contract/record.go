@@ -73,14 +73,7 @@ const (
 
 var submittedTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}(\.[a-z0-9_]{1,32}){1,3}$`)
 
-// agentTypes are the types only the agent writes: a submitted record must not pose as one.
-var agentTypes = map[string]bool{
-	TypeCardTap: true, TypeCardError: true, TypeBoot: true, TypeConfigChanged: true,
-	TypeStoreRecovered: true, TypeStoreFull: true, TypeDoorOpen: true, TypeDoorClose: true,
-	TypeClockJump: true, TypeEnvAlarm: true, TypeEnvOK: true,
-}
-
 // ValidSubmittedType reports whether t may be the type of a record submitted by other station
-// software through the local API: dotted lower-case words, at least two (kiosk.receipt), and
-// none of the types the agent writes itself (card.tap, door.open …).
-func ValidSubmittedType(t string) bool { return submittedTypeRE.MatchString(t) && !agentTypes[t] }
+// software through the local API: dotted lower-case words, at least two (kiosk.receipt), not
+// starting with a word the station's own types use (ReservedType).
+func ValidSubmittedType(t string) bool { return submittedTypeRE.MatchString(t) && !ReservedType(t) }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -59,15 +60,21 @@ func (f *fakeBackend) Follow() (<-chan []byte, func()) {
 	return f.follow, func() { once.Do(func() { close(f.stopped) }) }
 }
 
-func (f *fakeBackend) Submit(req contract.SubmitRequest) (contract.TapResult, error) {
+func (f *fakeBackend) Submit(_ contract.Source, reqs []contract.SubmitRequest) ([]contract.SubmitResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.submitErr != nil {
-		return contract.TapResult{}, f.submitErr
+		return nil, f.submitErr
 	}
-	f.submitted = append(f.submitted, req)
-	return contract.TapResult{OK: true, ID: "r1", Seq: 9, Type: req.Type}, nil
+	var out []contract.SubmitResult
+	for _, req := range reqs {
+		f.submitted = append(f.submitted, req)
+		out = append(out, contract.SubmitResult{OK: true, Key: req.Key, ID: "r1", Seq: 9, Type: req.Type})
+	}
+	return out, nil
 }
+
+func (f *fakeBackend) EventsAfter(after uint64, max int) ([]Event, error) { return nil, nil }
 
 func (f *fakeBackend) SelfTest() contract.SelfTest {
 	return contract.SelfTest{OK: true, Checks: []contract.Check{{Name: "store", OK: true}}}
@@ -114,7 +121,7 @@ func do(t *testing.T, b Backend, method, path, body string) *httptest.ResponseRe
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	w := httptest.NewRecorder()
-	NewHandler(b).ServeHTTP(w, req)
+	NewHandler(b, nil).ServeHTTP(w, req)
 	return w
 }
 
@@ -201,7 +208,7 @@ func TestEvents(t *testing.T) {
 func TestEventsFollow(t *testing.T) {
 	b := newFakeBackend()
 	b.recent = [][]byte{[]byte(`{"seq":1}`)}
-	srv := httptest.NewServer(NewHandler(b))
+	srv := httptest.NewServer(NewHandler(b, nil))
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -243,7 +250,7 @@ func TestEventsFollow(t *testing.T) {
 
 func TestEventsFollowEndsWithClient(t *testing.T) {
 	b := newFakeBackend()
-	srv := httptest.NewServer(NewHandler(b))
+	srv := httptest.NewServer(NewHandler(b, nil))
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, "GET", srv.URL+contract.PathEvents+"?follow=1", nil)
@@ -265,29 +272,30 @@ func TestEventsFollowEndsWithClient(t *testing.T) {
 
 func TestSubmit(t *testing.T) {
 	b := newFakeBackend()
-	var res contract.TapResult
-	decode(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","data":{"amount":3}}`), &res)
+	var res contract.SubmitResult
+	decode(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","key":"k1","data":{"amount":3}}`), &res)
 	if !res.OK || res.Seq != 9 || res.Type != "kiosk.receipt" {
 		t.Fatalf("submit %+v", res)
 	}
-	if len(b.submitted) != 1 || b.submitted[0].Data["amount"] != float64(3) {
+	if len(b.submitted) != 1 || fmt.Sprint(b.submitted[0].Data["amount"]) != "3" || b.submitted[0].Key != "k1" {
 		t.Fatalf("backend got %+v", b.submitted)
 	}
 
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"receipt"}`), 400, "bad record type")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"card.tap"}`), 400, "bad record type")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","extra":1}`), 400, "unknown field")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":`), 400, "bad request body")
-	wantError(t, do(t, b, "POST", contract.PathRecords, ``), 400, "bad request body")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","data":{"x":"`+strings.Repeat("x", contract.MaxSubmitBytes)+`"}}`), 400, "bad request body")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt"}`), 400, "key")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"receipt","key":"k2"}`), 400, "type")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"card.tap","key":"k2"}`), 422, "")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","key":"k2","extra":1}`), 400, "unknown field")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":`), 400, "")
+	wantError(t, do(t, b, "POST", contract.PathRecords, ``), 400, "")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","key":"k2","data":{"x":"`+strings.Repeat("x", contract.MaxSubmitBytes)+`"}}`), 413, "")
 	if len(b.submitted) != 1 {
 		t.Fatalf("refused bodies reached the backend: %+v", b.submitted[1:])
 	}
 
 	b.submitErr = Errorf(StatusFull, "refused: the station's store is full")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt"}`), http.StatusInsufficientStorage, "store is full")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","key":"k3"}`), http.StatusInsufficientStorage, "store is full")
 	b.submitErr = errors.New("not recorded: disk on fire")
-	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt"}`), http.StatusInternalServerError, "disk on fire")
+	wantError(t, do(t, b, "POST", contract.PathRecords, `{"type":"kiosk.receipt","key":"k4"}`), http.StatusInternalServerError, "disk on fire")
 }
 
 func TestTap(t *testing.T) {
@@ -347,7 +355,7 @@ func TestTapStopsWhenClientGoes(t *testing.T) {
 	cancel()
 	req := httptest.NewRequest("POST", contract.PathTap, strings.NewReader(`{"count":5}`)).WithContext(ctx)
 	w := httptest.NewRecorder()
-	NewHandler(b).ServeHTTP(w, req)
+	NewHandler(b, nil).ServeHTTP(w, req)
 	// emit reports the gone client after the first result, and the backend stops.
 	if n := strings.Count(w.Body.String(), "\n"); n != 1 {
 		t.Fatalf("%d results written for a gone client, want 1", n)
@@ -480,7 +488,7 @@ func TestServeReturnsNilOnCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, NewHandler(newFakeBackend())) }()
+	go func() { done <- Serve(ctx, ln, NewHandler(newFakeBackend(), nil)) }()
 
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -522,7 +530,7 @@ func TestServeReportsListenerError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, NewHandler(newFakeBackend())) }()
+	go func() { done <- Serve(ctx, ln, NewHandler(newFakeBackend(), nil)) }()
 	select {
 	case err := <-done:
 		if err == nil {

@@ -215,13 +215,13 @@ func parseSubmit(body []byte, headerKey string, single bool) (contract.SubmitReq
 		return req, submitError(http.StatusBadRequest, contract.CodeKeyRequired, "key",
 			"bad idempotency key: 1 to %d printable ASCII characters", contract.MaxKeyLen)
 	}
-	if !contract.ValidSubmittedType(req.Type) {
-		return req, submitError(http.StatusBadRequest, contract.CodeBadRequest, "type",
-			"bad record type %q: want dotted lower-case words like kiosk.receipt", req.Type)
-	}
 	if contract.ReservedType(req.Type) {
 		return req, submitError(http.StatusUnprocessableEntity, contract.CodeReservedType, "type",
 			"record type %q is the station's own: name yours kiosk.something", req.Type)
+	}
+	if !contract.ValidSubmittedType(req.Type) {
+		return req, submitError(http.StatusBadRequest, contract.CodeBadRequest, "type",
+			"bad record type %q: want dotted lower-case words like kiosk.receipt", req.Type)
 	}
 	if len(raw.Data) > 0 && !bytes.Equal(raw.Data, []byte("null")) {
 		d := json.NewDecoder(bytes.NewReader(raw.Data))
