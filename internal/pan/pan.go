@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"station.dev/agent/drivers/emv"
 )
 
 // Lengths of a PAN, in digits.
@@ -106,30 +108,12 @@ func runHasPAN(groups []string) bool {
 			if len(digits) > MaxDigits {
 				break
 			}
-			if len(digits) >= MinDigits && Luhn(digits) {
+			if len(digits) >= MinDigits && emv.LuhnValid(string(digits)) {
 				return true
 			}
 		}
 	}
 	return false
-}
-
-// Luhn reports whether the digits pass the Luhn check.
-func Luhn(digits []byte) bool {
-	sum := 0
-	double := false
-	for i := len(digits) - 1; i >= 0; i-- {
-		d := int(digits[i] - '0')
-		if double {
-			d *= 2
-			if d > 9 {
-				d -= 9
-			}
-		}
-		sum += d
-		double = !double
-	}
-	return sum%10 == 0
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
