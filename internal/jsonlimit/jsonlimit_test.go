@@ -19,9 +19,9 @@ func TestCheck(t *testing.T) {
 		{`{}`, 1, false},
 		{`{"a":[1,{"b":2}]}`, 3, false},
 		{`{"a":[1,{"b":2}]}`, 2, true},
-		{`{"a":"[[[[[[[[[[[[[[["}`, 1, false},                  // brackets in strings do not count
-		{`{"a":"\"[[[[[[[[[[[[[[","b":{}}`, 2, false},          // nor after an escaped quote
-		{`{"a":"\\"}` + strings.Repeat("[", 5), 3, true},       // an escaped backslash ends the escape
+		{`{"a":"[[[[[[[[[[[[[[["}`, 1, false},            // brackets in strings do not count
+		{`{"a":"\"[[[[[[[[[[[[[[","b":{}}`, 2, false},    // nor after an escaped quote
+		{`{"a":"\\"}` + strings.Repeat("[", 5), 3, true}, // an escaped backslash ends the escape
 		{strings.Repeat("[", 33) + strings.Repeat("]", 33), 32, true},
 		{strings.Repeat("[", 32) + strings.Repeat("]", 32), 32, false},
 		{`]]]]]]{`, 1, false}, // stray closers do not go below zero
