@@ -60,6 +60,9 @@ type Options struct {
 	Status func(line string)
 	// OnReady is called once the local API listens.
 	OnReady func()
+	// BuildTime is when the agent was built: the trusted time never goes below it. Zero means
+	// unknown.
+	BuildTime time.Time
 }
 
 // LogTail returns the last lines logged.
@@ -91,9 +94,13 @@ type Agent struct {
 	full    fullState
 	periph  *peripherals
 	cmds    commandState
+	trust   *trustedTime
+	hostile *rateLog // log lines about hostile or malformed input, rate-limited
 	tel     telemetryBuffer
 	sim     *simTaps // nil unless the hardware is emulated
 	stopRun func(error)
+
+	keySource string // where the command keys in force come from
 }
 
 // New makes an agent of parts. It starts nothing: Run does.
@@ -129,11 +136,23 @@ func New(p Parts, o Options) (*Agent, error) {
 		a.opts.Version = "dev"
 	}
 	a.mono0 = a.clk.Monotonic()
-	keys, err := command.ParseKeys(cfg.Commands.PublicKeys)
+	pub, source := cfg.Commands.PublicKeys, "the configuration file"
+	if set, ok, err := config.ReadKeys(config.KeysPath(cfg.DataDir)); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	} else if ok {
+		pub, source = set, config.KeysPath(cfg.DataDir)+" (set by keys.set)"
+	}
+	keys, err := command.ParseKeys(pub)
 	if err != nil {
 		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
 	}
-	a.cmds = commandState{keys: keys, wake: make(chan struct{}, 1)}
+	a.cmds.wake = make(chan struct{}, 1)
+	a.cmds.keys.Store(keys)
+	a.keySource = source
+	a.hostile = newRateLog(a.log, a.clk, 10, time.Minute)
+	if a.trust, err = newTrustedTime(p.Store, a.clk.Now, a.synced, o.BuildTime); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.periph = newPeripherals(p.Hardware)
 	if p.Hardware.Sim != nil {
 		a.sim = newSimTaps(p.Hardware.Sim)

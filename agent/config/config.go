@@ -73,6 +73,10 @@ type Card struct {
 // Commands is the [commands] table: fleet commands.
 type Commands struct {
 	PublicKeys []string `toml:"public_keys"`
+	// MaxLifetime is the longest a signed command may live: expires_at at most this long after
+	// issued_at. A station keeps an executed command's id until it expires, so this bounds the
+	// ledger too.
+	MaxLifetime Duration `toml:"max_lifetime"`
 }
 
 // Clock is the [clock] table.
@@ -154,6 +158,9 @@ const (
 	DefaultTempLow      = -20.0
 	DefaultHumidityHigh = 90.0
 	DefaultHysteresis   = 2.0
+	DefaultMaxLifetime  = 7 * 24 * time.Hour
+	// MaxMaxLifetime bounds [commands] max_lifetime.
+	MaxMaxLifetime = 30 * 24 * time.Hour
 	// Embedded is the broker value that runs an MQTT broker inside the agent.
 	Embedded = "embedded"
 )
@@ -255,6 +262,12 @@ func (c *Config) Normalize() error {
 		if err := checkPublicKey(k); err != nil {
 			return fmt.Errorf("config: commands.public_keys[%d]: %w", i, err)
 		}
+	}
+	if c.Commands.MaxLifetime == 0 {
+		c.Commands.MaxLifetime = Duration(DefaultMaxLifetime)
+	}
+	if c.Commands.MaxLifetime < Duration(time.Minute) || c.Commands.MaxLifetime > Duration(MaxMaxLifetime) {
+		return fmt.Errorf("config: commands.max_lifetime %s: want 1m to %s", c.Commands.MaxLifetime, Duration(MaxMaxLifetime))
 	}
 	if c.Telemetry.Interval == 0 {
 		c.Telemetry.Interval = Duration(DefaultTelemetry)
