@@ -204,6 +204,9 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener) error {
 	}
 	a.log.Info("station agent running", "station_id", a.cfg.StationID, "version", a.opts.Version,
 		"socket", a.cfg.Socket, "data_dir", a.cfg.DataDir, "broker", a.cfg.MQTT.Broker, "sim", a.cfg.Sim)
+	for _, w := range a.cfg.Insecure(a.keys().Len()) {
+		a.log.Warn("INSECURE: " + w)
+	}
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}

@@ -57,6 +57,9 @@ type MQTT struct {
 	Window       int      `toml:"window"`
 	KeepAlive    Duration `toml:"keepalive"`
 	BackoffMax   Duration `toml:"backoff_max"`
+	// AllowEmbedded must be true for broker = "embedded" outside --sim: the embedded broker
+	// lets anyone who reaches 127.0.0.1:1883 publish commands, without authentication.
+	AllowEmbedded bool `toml:"allow_embedded"`
 }
 
 // Store is the [store] table: the local outbox.
@@ -295,6 +298,26 @@ func (c *Config) Normalize() error {
 
 func fptr(f float64) *float64 { return &f }
 
+// Insecure lists, in words, what in the configuration leaves the station open to anyone who can
+// publish on its broker or reach it: the agent warns at start, and status, selftest and config
+// check show it. A simulated station (--sim) is insecure by design and lists nothing. keys is
+// the number of command keys in force (the file's, or those set by keys.set).
+func (c *Config) Insecure(keys int) []string {
+	if c.Sim {
+		return nil
+	}
+	var out []string
+	if keys == 0 {
+		out = append(out, "unsigned commands accepted (no [commands] public_keys)")
+	}
+	if c.MQTT.Broker == Embedded {
+		out = append(out, "embedded broker without authentication (mqtt.allow_embedded)")
+	} else if u, err := url.Parse(c.MQTT.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
+		out = append(out, "broker connection not encrypted ("+u.Scheme+"://)")
+	}
+	return out
+}
+
 func (e *Env) normalize() error {
 	if e.Address == 0 {
 		e.Address = 0x76
@@ -335,6 +358,9 @@ func (m *MQTT) normalize(sim bool) error {
 			return errors.New("config: mqtt.broker is required (tcp://host:port, tls://host:port or embedded)")
 		}
 		m.Broker = Embedded
+	}
+	if m.Broker == Embedded && !sim && !m.AllowEmbedded {
+		return errors.New(`config: mqtt.broker "embedded" outside --sim: the embedded broker has no authentication; set [mqtt] allow_embedded = true to run it anyway`)
 	}
 	if m.Broker != Embedded {
 		u, err := url.Parse(m.Broker)

@@ -328,3 +328,50 @@ func WriteKeys(path string, keys []string) error {
 	}
 	return nil
 }
+
+// Lookup returns the JSON of the value of a dotted key ("mqtt.window"), and whether it is set.
+func (ov Overrides) Lookup(dotted string) (string, bool) {
+	var v any = map[string]any(ov)
+	for _, p := range strings.Split(dotted, ".") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return "", false
+		}
+		if v, ok = m[p]; !ok {
+			return "", false
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", false
+	}
+	return string(b), true
+}
+
+// Without returns ov without a dotted key (and without tables it leaves empty). ov is not
+// modified.
+func (ov Overrides) Without(dotted string) Overrides {
+	return without(ov, strings.Split(dotted, "."))
+}
+
+func without(m map[string]any, path []string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if k != path[0] {
+			out[k] = v
+			continue
+		}
+		if len(path) == 1 {
+			continue
+		}
+		sub, ok := v.(map[string]any)
+		if !ok {
+			out[k] = v
+			continue
+		}
+		if rest := without(sub, path[1:]); len(rest) > 0 {
+			out[k] = rest
+		}
+	}
+	return out
+}

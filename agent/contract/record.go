@@ -13,6 +13,9 @@ type Record struct {
 	ClockSynced bool           `json:"clock_synced"`
 	BootID      string         `json:"boot_id"`
 	UptimeMS    int64          `json:"uptime_ms"`
+	// Sim marks a record of a simulated station (--sim): its card tokens are made with the
+	// development key and identify no real card.
+	Sim         bool           `json:"sim,omitempty"`
 	Card        *Card          `json:"card,omitempty"`
 	Error       *RecordError   `json:"error,omitempty"`
 	Data        map[string]any `json:"data,omitempty"`
