@@ -6,19 +6,19 @@ import "regexp"
 // is stored, so every redelivery carries the same id; Seq counts the station's records 1, 2, 3 …
 // with no gap and no reuse.
 type Record struct {
-	ID          string         `json:"id"`
-	Seq         uint64         `json:"seq"`
-	Type        string         `json:"type"`
-	TS          string         `json:"ts"`
-	ClockSynced bool           `json:"clock_synced"`
-	BootID      string         `json:"boot_id"`
-	UptimeMS    int64          `json:"uptime_ms"`
+	ID          string `json:"id"`
+	Seq         uint64 `json:"seq"`
+	Type        string `json:"type"`
+	TS          string `json:"ts"`
+	ClockSynced bool   `json:"clock_synced"`
+	BootID      string `json:"boot_id"`
+	UptimeMS    int64  `json:"uptime_ms"`
 	// Sim marks a record of a simulated station (--sim): its card tokens are made with the
 	// development key and identify no real card.
-	Sim         bool           `json:"sim,omitempty"`
-	Card        *Card          `json:"card,omitempty"`
-	Error       *RecordError   `json:"error,omitempty"`
-	Data        map[string]any `json:"data,omitempty"`
+	Sim   bool           `json:"sim,omitempty"`
+	Card  *Card          `json:"card,omitempty"`
+	Error *RecordError   `json:"error,omitempty"`
+	Data  map[string]any `json:"data,omitempty"`
 }
 
 // Card is a card's identity as records carry it: never the card number, track data or raw UID.
