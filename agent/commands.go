@@ -58,7 +58,7 @@ func (a *Agent) onMessage(m mqtt.Message) {
 	switch {
 	case len(m.Payload) > maxReadableCommand:
 		a.cmds.stats.dropped.Add(1)
-		a.log.Warn("dropped a command too large to read", "topic", m.Topic, "bytes", len(m.Payload))
+		a.hostile.Warn("dropped a command too large to read", "topic", m.Topic, "bytes", len(m.Payload))
 		m.Ack()
 		return
 	case len(m.Payload) > contract.MaxCommandBytes:
@@ -69,12 +69,18 @@ func (a *Agent) onMessage(m mqtt.Message) {
 		item.Payload = m.Payload
 	}
 	b, err := json.Marshal(item)
+	if err == nil && !a.inboxHasRoom(len(b)) {
+		a.cmds.stats.dropped.Add(1)
+		a.hostile.Warn("dropped a command: the command inbox is full", "topic", m.Topic, "bytes", len(m.Payload))
+		m.Ack()
+		return
+	}
 	if err == nil {
 		_, err = a.store.Append(store.Inbox, store.Critical, func(uint64) ([]byte, error) { return b, nil })
 	}
 	if err != nil {
 		// Not acknowledged: the broker delivers it again after the next reconnect.
-		a.log.Error("could not store a received command; it will be delivered again", "err", err)
+		a.hostile.Warn("could not store a received command; it will be delivered again", "err", err)
 		return
 	}
 	m.Ack()
@@ -82,6 +88,23 @@ func (a *Agent) onMessage(m mqtt.Message) {
 	case a.cmds.wake <- struct{}{}:
 	default:
 	}
+}
+
+// The command inbox has its own budget, far below the store's: a flood of commands waits in
+// the broker or is dropped, and never fills the room card records need.
+const (
+	maxInboxMessages = 256
+	maxInboxBytes    = 1 << 20
+)
+
+// inboxHasRoom reports whether a message of n bytes fits in the inbox's budget.
+func (a *Agent) inboxHasRoom(n int) bool {
+	st, err := a.store.Stats()
+	if err != nil {
+		return true // the append reports the store's trouble
+	}
+	in := st.Streams[store.Inbox]
+	return in.Depth < maxInboxMessages && in.Bytes+int64(n)+store.RecordOverhead <= maxInboxBytes
 }
 
 // commandLoop executes stored commands in order. An entry it cannot get out of the inbox (the

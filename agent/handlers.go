@@ -260,14 +260,21 @@ func fitLines(lines []string, budget, maxLine int) ([]string, int) {
 		if len(l) > maxLine {
 			l = cutUTF8(l, maxLine) + "…[cut]"
 		}
-		if total+len(l) > budget {
+		n := jsonLen(l)
+		if total+n > budget {
 			break
 		}
-		total += len(l)
+		total += n
 		i--
 		lines[i] = l
 	}
 	return lines[i:], i
+}
+
+// jsonLen is the length of s as a JSON string: control characters take six bytes each.
+func jsonLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b) + 1 // and a comma
 }
 
 // cutUTF8 returns at most n bytes of s, not splitting a character.
