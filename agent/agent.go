@@ -63,6 +63,9 @@ type Options struct {
 	// BootID is the agent's boot id; "" makes a new one. The assembly makes it before it opens
 	// the store, whose store.recovered alarm carries it (see RecoveryAlarm).
 	BootID string
+	// BuildTime is when the agent was built: the trusted time never goes below it. Zero means
+	// unknown.
+	BuildTime time.Time
 }
 
 // LogTail returns the last lines logged.
@@ -94,9 +97,13 @@ type Agent struct {
 	full    fullState
 	periph  *peripherals
 	cmds    commandState
+	trust   *trustedTime
+	hostile *rateLog // log lines about hostile or malformed input, rate-limited
 	tel     telemetryBuffer
 	sim     *simTaps // nil unless the hardware is emulated
 	stopRun func(error)
+
+	keySource string // where the command keys in force come from
 }
 
 // New makes an agent of parts. It starts nothing: Run does.
@@ -135,11 +142,23 @@ func New(p Parts, o Options) (*Agent, error) {
 		a.opts.Version = "dev"
 	}
 	a.mono0 = a.clk.Monotonic()
-	keys, err := command.ParseKeys(cfg.Commands.PublicKeys)
+	pub, source := cfg.Commands.PublicKeys, "the configuration file"
+	if set, ok, err := config.ReadKeys(config.KeysPath(cfg.DataDir)); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	} else if ok {
+		pub, source = set, config.KeysPath(cfg.DataDir)+" (set by keys.set)"
+	}
+	keys, err := command.ParseKeys(pub)
 	if err != nil {
 		return nil, fmt.Errorf("agent: commands.public_keys: %w", err)
 	}
-	a.cmds = commandState{keys: keys, wake: make(chan struct{}, 1)}
+	a.cmds.wake = make(chan struct{}, 1)
+	a.cmds.keys.Store(keys)
+	a.keySource = source
+	a.hostile = newRateLog(a.log, a.clk, 10, time.Minute)
+	if a.trust, err = newTrustedTime(p.Store, a.clk.Now, a.synced, o.BuildTime); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.periph = newPeripherals(p.Hardware)
 	if p.Hardware.Sim != nil {
 		a.sim = newSimTaps(p.Hardware.Sim)
@@ -193,6 +212,9 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener) error {
 	}
 	a.log.Info("station agent running", "station_id", a.cfg.StationID, "version", a.opts.Version,
 		"socket", a.cfg.Socket, "data_dir", a.cfg.DataDir, "broker", a.cfg.MQTT.Broker, "sim", a.cfg.Sim)
+	for _, w := range a.cfg.Insecure(a.keys().Len()) {
+		a.log.Warn("INSECURE: " + w)
+	}
 	if a.opts.OnReady != nil {
 		a.opts.OnReady()
 	}

@@ -105,8 +105,8 @@ func TestAPIStatusQueueSelfTest(t *testing.T) {
 
 	var self contract.SelfTest
 	h.callJSON(t, "GET", contract.PathSelfTest, nil, 200, &self)
-	if self.OK || len(self.Checks) != 7 || self.Checks[1].Name != "broker" || self.Checks[1].OK {
-		t.Fatalf("selftest %+v: want 7 checks, the broker failing", self)
+	if self.OK || len(self.Checks) != 8 || self.Checks[1].Name != "broker" || self.Checks[1].OK {
+		t.Fatalf("selftest %+v: want 8 checks, the broker failing", self)
 	}
 
 	if code, b := h.call(t, "GET", "/api/v0/nothing", nil); code != http.StatusNotFound {

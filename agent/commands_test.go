@@ -180,7 +180,7 @@ func TestCommandPingStatusQueue(t *testing.T) {
 	for _, c := range st2.Checks {
 		names = append(names, c.Name)
 	}
-	if want := []string{"store", "broker", "reader", "indicator", "door", "environment", "display"}; !slices.Equal(names, want) {
+	if want := []string{"store", "broker", "reader", "indicator", "door", "environment", "display", "security"}; !slices.Equal(names, want) {
 		t.Fatalf("selftest checks %v, want %v", names, want)
 	}
 	if st2.OK {
@@ -444,9 +444,10 @@ func TestCommandTargetAndExpiry(t *testing.T) {
 	wantOK(t, send(contract.Command{ID: command.NewID(), Name: "ping", Target: "agent-test",
 		ExpiresAt: now.Add(time.Hour).Format(time.RFC3339Nano)}), nil)
 
-	// An unsynchronised clock cannot tell: the command runs.
+	// An unsynchronised clock cannot tell, but the trusted time it had seen synchronised never
+	// goes back: the command is still expired.
 	synced.Store(false)
-	wantOK(t, send(contract.Command{ID: command.NewID(), Name: "ping", Target: "agent-test", ExpiresAt: past}), nil)
+	wantCode(t, send(contract.Command{ID: command.NewID(), Name: "ping", Target: "agent-test", ExpiresAt: past}), contract.CodeExpired, "trusted time")
 }
 
 func TestCommandRedeliveryAndReplay(t *testing.T) {

@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
 	"station.dev/agent/agent/contract"
 	"station.dev/agent/drivers/indicator"
@@ -30,6 +32,7 @@ func (a *Agent) handlers() map[string]handler {
 		"locate":      a.cmdLocate,
 		"log.level":   a.cmdLogLevel,
 		"logs.tail":   a.cmdLogsTail,
+		"keys.set":    a.cmdKeysSet,
 	}
 }
 
@@ -63,13 +66,6 @@ func (a *Agent) cmdSelftest(_ context.Context, args json.RawMessage) (any, func(
 	return a.selfTest(), nil, nil
 }
 
-// remoteForbidden are keys a remote command may not change: they decide where the agent keeps its
-// data and who it is, and a mistake there cannot be undone remotely.
-var remoteForbidden = map[string]bool{"station_id": true, "data_dir": true, "socket": true}
-
-// liveKeys take effect without a restart.
-var liveKeys = map[string]bool{"log_level": true}
-
 func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
 	if e := decodeArgs(args, &noArgs{}); e != nil {
 		return nil, nil, e
@@ -86,22 +82,21 @@ func (a *Agent) cmdConfigGet(_ context.Context, args json.RawMessage) (any, func
 }
 
 // cmdConfigSet merges a partial configuration (an object in the TOML schema) into the stored
-// overrides, after checking that the result is a valid configuration. An invalid one changes
-// nothing.
+// overrides, after checking that every key is one the fleet may set (config.RemoteKeys, matched
+// exactly) and that the result is a valid configuration. An invalid one changes nothing.
 func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
 	var patch config.Overrides
 	if err := json.Unmarshal(args, &patch); err != nil || len(patch) == 0 {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "args: want a non-empty object of configuration keys")
 	}
-	for k := range patch {
-		if remoteForbidden[k] {
-			return nil, nil, cmdErr(contract.CodeBadRequest, "%s cannot be changed remotely", k)
-		}
+	if err := patch.CheckRemote(); err != nil {
+		return nil, nil, cmdErr(contract.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "config: "))
 	}
 	ov, err := config.ReadOverrides(a.overridesPath())
 	if err != nil {
 		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
 	}
+	ov, _ = ov.Remote() // keys an earlier version let in are dropped now
 	merged := ov.Merge(patch)
 	if _, err := merged.Apply(a.base, a.opts.Flags); err != nil {
 		return nil, nil, cmdErr(contract.CodeBadRequest, "%v", err)
@@ -112,7 +107,7 @@ func (a *Agent) cmdConfigSet(_ context.Context, args json.RawMessage) (any, func
 	keys := patch.Keys()
 	restart := false
 	for _, k := range keys {
-		if !liveKeys[k] {
+		if !config.Live(k) {
 			restart = true
 		}
 	}
@@ -239,5 +234,85 @@ func (a *Agent) cmdLogsTail(_ context.Context, args json.RawMessage) (any, func(
 	if a.opts.Logs == nil {
 		return map[string]any{"lines": []string{}}, nil, nil
 	}
-	return map[string]any{"lines": a.opts.Logs.Tail(req.Lines)}, nil, nil
+	lines, omitted := fitLines(a.opts.Logs.Tail(req.Lines), logsTailBudget, maxTailLine)
+	out := map[string]any{"lines": lines}
+	if omitted > 0 {
+		out["truncated"] = true
+		out["omitted_lines"] = omitted
+	}
+	return out, nil, nil
+}
+
+// logsTailBudget is what the lines of a logs.tail response may take, under maxResponseBytes
+// with room for the envelope and JSON escaping.
+const logsTailBudget = maxResponseBytes / 2
+
+// maxTailLine is the longest line logs.tail sends; a longer one is cut and marked.
+const maxTailLine = 1024
+
+// fitLines keeps the newest lines whose total length fits budget, each cut to maxLine bytes,
+// and returns them oldest first with the number of older lines left out.
+func fitLines(lines []string, budget, maxLine int) ([]string, int) {
+	total := 0
+	i := len(lines)
+	for i > 0 {
+		l := lines[i-1]
+		if len(l) > maxLine {
+			l = cutUTF8(l, maxLine) + "…[cut]"
+		}
+		n := jsonLen(l)
+		if total+n > budget {
+			break
+		}
+		total += n
+		i--
+		lines[i] = l
+	}
+	return lines[i:], i
+}
+
+// jsonLen is the length of s as a JSON string: control characters take six bytes each.
+func jsonLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b) + 1 // and a comma
+}
+
+// cutUTF8 returns at most n bytes of s, not splitting a character.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// cmdKeysSet replaces the fleet command keys: a signed command only (verified by a key trusted
+// now), the new set atomically, never empty. The set is kept in the data directory and wins
+// over [commands] public_keys of the file from then on; it takes effect for the next command.
+func (a *Agent) cmdKeysSet(_ context.Context, args json.RawMessage) (any, func(), *commandError) {
+	var req struct {
+		PublicKeys []string `json:"public_keys"`
+	}
+	if e := decodeArgs(args, &req); e != nil {
+		return nil, nil, e
+	}
+	if a.keys().Len() == 0 {
+		return nil, nil, cmdErr(contract.CodeUnauthorized, "this station has no command keys: set [commands] public_keys in its configuration file")
+	}
+	if len(req.PublicKeys) == 0 || len(req.PublicKeys) > 16 {
+		return nil, nil, cmdErr(contract.CodeBadRequest, "public_keys: want 1 to 16 keys")
+	}
+	keys, err := command.ParseKeys(req.PublicKeys)
+	if err != nil {
+		return nil, nil, cmdErr(contract.CodeBadRequest, "%s", strings.TrimPrefix(err.Error(), "command: "))
+	}
+	if err := config.WriteKeys(config.KeysPath(a.cfg.DataDir), req.PublicKeys); err != nil {
+		return nil, nil, cmdErr(contract.CodeFailed, "%v", err)
+	}
+	a.cmds.keys.Store(keys)
+	a.keySource = config.KeysPath(a.cfg.DataDir) + " (set by keys.set)"
+	a.log.Warn("fleet command keys replaced by keys.set", "kids", keys.IDs())
+	return map[string]any{"kids": keys.IDs()}, nil, nil
 }

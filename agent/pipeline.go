@@ -24,6 +24,7 @@ func (a *Agent) newRecord(typ string) *contract.Record {
 		ClockSynced: a.synced(),
 		BootID:      a.bootID,
 		UptimeMS:    a.uptime().Milliseconds(),
+		Sim:         a.cfg.Sim,
 	}
 }
 

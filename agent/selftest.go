@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"station.dev/agent/agent/config"
@@ -52,6 +53,13 @@ func (a *Agent) selfTest() contract.SelfTest {
 		}
 		ok, detail := a.exercise(name, c)
 		add(name, ok, detail)
+	}
+
+	// Insecure settings pass (the station works) but say so in the check's detail.
+	if ins := a.cfg.Insecure(a.keys().Len()); len(ins) > 0 {
+		add("security", true, "INSECURE: "+strings.Join(ins, "; "))
+	} else if !a.cfg.Sim {
+		add("security", true, fmt.Sprintf("signed commands only (%d keys from %s)", a.keys().Len(), a.keySource))
 	}
 
 	st := contract.SelfTest{OK: true, Checks: checks}

@@ -195,7 +195,9 @@ func (g *cmdGen) next(i int) cmdCase {
 		// Deeper than encoding/json parses (10000): the id cannot be read by a JSON parser.
 		return cmdCase{kind: "too-deep", payload: nested(id, g.station, 10001+g.rng.IntN(5000)), maybe: id}
 	case 7:
-		return cmdCase{kind: "deep", payload: nested(id, g.station, 100+g.rng.IntN(4000)), id: id}
+		// Deeper than a station decodes (32 levels): dropped before decoding, counted, not
+		// answered.
+		return cmdCase{kind: "deep", payload: nested(id, g.station, 100+g.rng.IntN(4000))}
 	case 8, 9, 10:
 		return g.valid(id)
 	case 11, 12, 13, 14:

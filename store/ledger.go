@@ -15,8 +15,13 @@ import (
 type LedgerEntry struct {
 	ID       string    // the command id
 	Digest   []byte    // SHA-256 of the command's bytes, to tell a redelivery from a different command reusing the id
-	At       time.Time // when it was executed
+	At       time.Time // when it was executed, by the caller's trusted clock
 	Response []byte    // the response payload (filled in by Respond from build's result)
+	// Keep protects the entry until that time: while Keep is after the At of the newest entry
+	// recorded, the entry is not pruned, whatever the count, bytes or age of the ledger, and
+	// entries without protection never push it out. Zero means no protection. A signed
+	// command's entry is kept until its expires_at, so its captured bytes cannot run again.
+	Keep time.Time
 }
 
 // Limits of ledger entries, and their size in the ledger's byte bound.
@@ -25,6 +30,9 @@ const (
 	maxLedgerID = 255
 	// maxLedgerDigest is the longest digest Respond accepts (a SHA-512).
 	maxLedgerDigest = 64
+	// ledgerKeepFlag, set in the digest length byte, says that 8 bytes of Keep (Unix
+	// nanoseconds) follow the digest. Entries written before Keep existed never have it.
+	ledgerKeepFlag = 0x80
 	// ledgerHeaderLen is the fixed part of a ledger value: at, id length
 	// and digest length.
 	ledgerHeaderLen = 8 + 1 + 1
@@ -40,6 +48,82 @@ type respondReq struct {
 	id       []byte
 	digest   []byte
 	at       time.Time
+	keep     time.Time
+	noLedger bool // Answer: no ledger entry
+}
+
+// Answer records the response to a command that was not executed (refused, or unreadable) and
+// forgets the command, in one transaction, durably, as Respond does but without a ledger
+// entry: what a station refuses never takes a place in the ledger, so refused input cannot push
+// out the entry of an executed command.
+func (s *Store) Answer(inboxSeq uint64, build func(seq uint64) ([]byte, error)) (Record, error) {
+	if build == nil {
+		return Record{}, errors.New("store: answer: nil build function")
+	}
+	if err := s.acquire(); err != nil {
+		return Record{}, err
+	}
+	defer s.mu.RUnlock()
+	r := &appendReq{
+		st:      Responses,
+		class:   Critical,
+		build:   build,
+		respond: &respondReq{inboxSeq: inboxSeq, noLedger: true},
+		wake:    make(chan bool, 1),
+	}
+	s.submit(r)
+	if r.panicked {
+		panic(r.panicVal)
+	}
+	return r.rec, r.err
+}
+
+// MarkStarted records e, with e.Response as its response, in the ledger, durably, before a
+// command with side effects runs: if the process dies before Respond replaces the entry, the
+// command is found in the ledger and answered with e.Response (a "failed: interrupted"
+// response) instead of running again. It touches no stream. The limits are those of Respond.
+func (s *Store) MarkStarted(e LedgerEntry) error {
+	switch {
+	case e.ID == "":
+		return errors.New("store: mark started: empty command id")
+	case len(e.ID) > maxLedgerID:
+		return fmt.Errorf("%w: command id of %d bytes, limit %d", ErrTooLarge, len(e.ID), maxLedgerID)
+	case len(e.Digest) > maxLedgerDigest:
+		return fmt.Errorf("%w: command digest of %d bytes, limit %d", ErrTooLarge, len(e.Digest), maxLedgerDigest)
+	case len(e.Response) > MaxPayload:
+		return fmt.Errorf("%w: response of %d bytes, limit %d", ErrTooLarge, len(e.Response), MaxPayload)
+	}
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.mu.RUnlock()
+	at := e.At
+	if at.IsZero() {
+		at = s.cfg.now()
+	}
+	q := &respondReq{id: []byte(e.ID), digest: bytes.Clone(e.Digest), at: clampTime(at), keep: keepTime(e.Keep)}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		cs, err := loadCounters(tx)
+		if err != nil {
+			return err
+		}
+		if err := s.respondTx(tx, &cs, q, e.Response); err != nil {
+			return err
+		}
+		return cs.save(tx)
+	})
+	if err != nil {
+		return fmt.Errorf("store: mark started: %w", err)
+	}
+	return nil
+}
+
+// keepTime is t clamped as At is; the zero time stays zero.
+func keepTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return clampTime(t)
 }
 
 // Respond records the response to a fleet command and forgets the command,
@@ -65,10 +149,11 @@ type respondReq struct {
 // After recording the entry, Respond prunes the ledger, oldest (first
 // recorded) first: the entries beyond Options.LedgerMaxEntries or beyond the ledger's byte bound
 // (see Options.LedgerMaxEntries), and those whose At is older than
-// Options.LedgerMaxAge. The entry just recorded is never pruned. Age
-// pruning stops at the first entry young enough: an entry stamped by a
-// clock that ran ahead may keep later ones a while longer, within the
-// count and byte bounds.
+// Options.LedgerMaxAge. The entry just recorded is never pruned, nor is an entry whose Keep is
+// after e.At (protected entries count toward the bounds, so they may exceed them; only the
+// caller's trusted commands make protected entries). Age pruning stops at the first
+// unprotected entry young enough: an entry stamped by a clock that ran ahead may keep later
+// ones a while longer, within the count and byte bounds.
 //
 // build is called as by Append: once, inside the write transaction, possibly
 // on another goroutine; it must be quick, must not call the Store and
@@ -97,6 +182,7 @@ func (s *Store) Respond(inboxSeq uint64, e LedgerEntry, build func(seq uint64) (
 			id:       []byte(e.ID),
 			digest:   bytes.Clone(e.Digest),
 			at:       clampTime(at),
+			keep:     keepTime(e.Keep),
 		},
 		wake: make(chan bool, 1),
 	}
@@ -189,6 +275,9 @@ func (s *Store) respondTx(tx *bbolt.Tx, cs *counters, q *respondReq, response []
 			cs.set(Inbox, c)
 		}
 	}
+	if q.noLedger {
+		return nil
+	}
 
 	lb, ib, err := ledgerBuckets(tx)
 	if err != nil {
@@ -207,7 +296,7 @@ func (s *Store) respondTx(tx *bbolt.Tx, cs *counters, q *respondReq, response []
 		}
 	}
 	seq := lc.last + 1
-	v := encodeLedger(q.at, q.id, q.digest, response)
+	v := encodeLedger(q.at, q.id, q.digest, q.keep, response)
 	// Keys only ever grow, as for records.
 	lb.FillPercent = 1.0
 	if err := lb.Put(seqKey(seq), v); err != nil {
@@ -219,7 +308,7 @@ func (s *Store) respondTx(tx *bbolt.Tx, cs *counters, q *respondReq, response []
 	lc.last = seq
 	lc.depth++
 	lc.bytes += ledgerBytes(v)
-	if err := s.pruneLedger(lb, ib, &lc, seq); err != nil {
+	if err := s.pruneLedger(lb, ib, &lc, seq, q.at); err != nil {
 		return err
 	}
 	cs.ledger, cs.ledgerDirty = lc, true
@@ -228,8 +317,8 @@ func (s *Store) respondTx(tx *bbolt.Tx, cs *counters, q *respondReq, response []
 
 // pruneLedger deletes the oldest ledger entries that are beyond the count
 // or byte bound or older than the maximum age, never the entry keep nor a
-// later one, and updates lc.
-func (s *Store) pruneLedger(lb, ib *bbolt.Bucket, lc *streamCounters, keep uint64) error {
+// later one nor one protected at now (its Keep after now), and updates lc.
+func (s *Store) pruneLedger(lb, ib *bbolt.Bucket, lc *streamCounters, keep uint64, now time.Time) error {
 	cutoff := s.cfg.now().Add(-s.cfg.ledgerMaxAge)
 	type victim struct{ key, id []byte }
 	var victims []victim
@@ -241,6 +330,9 @@ func (s *Store) pruneLedger(lb, ib *bbolt.Bucket, lc *streamCounters, keep uint6
 			break
 		}
 		at, id, ok := ledgerHead(k, v)
+		if ok && ledgerKeep(v).After(now) {
+			continue // protected: it stays, and counts
+		}
 		if ok && depth <= s.cfg.ledgerMaxEntries && size <= s.cfg.ledgerMaxBytes && !at.Before(cutoff) {
 			break
 		}
@@ -285,14 +377,40 @@ func clampTime(t time.Time) time.Time {
 	return t.UTC()
 }
 
-func encodeLedger(at time.Time, id, digest, response []byte) []byte {
-	v := make([]byte, 0, ledgerHeaderLen+len(id)+len(digest)+len(response))
+func encodeLedger(at time.Time, id, digest []byte, keep time.Time, response []byte) []byte {
+	v := make([]byte, 0, ledgerHeaderLen+len(id)+len(digest)+8+len(response))
 	v = binary.BigEndian.AppendUint64(v, uint64(at.UnixNano()))
 	v = append(v, byte(len(id)))
 	v = append(v, id...)
-	v = append(v, byte(len(digest)))
-	v = append(v, digest...)
+	if keep.IsZero() {
+		v = append(v, byte(len(digest)))
+		v = append(v, digest...)
+	} else {
+		v = append(v, byte(len(digest))|ledgerKeepFlag)
+		v = append(v, digest...)
+		v = binary.BigEndian.AppendUint64(v, uint64(keep.UnixNano()))
+	}
 	return append(v, response...)
+}
+
+// ledgerTail returns the digest length and the length of what follows the digest before the
+// response (8 with Keep, else 0) of a value whose header ledgerHead accepted.
+func ledgerTail(v []byte) (digest, keep int) {
+	b := v[9+int(v[8])]
+	if b&ledgerKeepFlag != 0 {
+		return int(b &^ ledgerKeepFlag), 8
+	}
+	return int(b), 0
+}
+
+// ledgerKeep returns the Keep of a value ledgerHead accepted, or the zero time.
+func ledgerKeep(v []byte) time.Time {
+	d, k := ledgerTail(v)
+	if k == 0 {
+		return time.Time{}
+	}
+	off := 10 + int(v[8]) + d
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v[off:off+8]))).UTC()
 }
 
 // errBadLedger marks a ledger value that cannot be decoded.
@@ -305,7 +423,11 @@ func ledgerHead(k, v []byte) (at time.Time, id []byte, ok bool) {
 		return time.Time{}, nil, false
 	}
 	n := int(v[8])
-	if n == 0 || len(v) < ledgerHeaderLen+n || len(v) < ledgerHeaderLen+n+int(v[9+n]) {
+	if n == 0 || len(v) < ledgerHeaderLen+n {
+		return time.Time{}, nil, false
+	}
+	d, kl := ledgerTail(v)
+	if d > maxLedgerDigest || len(v) < ledgerHeaderLen+n+d+kl {
 		return time.Time{}, nil, false
 	}
 	return time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC(), v[9 : 9+n], true
@@ -318,12 +440,13 @@ func decodeLedger(v []byte) (LedgerEntry, error) {
 		return LedgerEntry{}, errBadLedger
 	}
 	rest := v[9+len(id):]
-	d := int(rest[0])
+	d, k := ledgerTail(v)
 	return LedgerEntry{
 		ID:       string(id),
 		Digest:   bytes.Clone(rest[1 : 1+d]),
 		At:       at,
-		Response: bytes.Clone(rest[1+d:]),
+		Keep:     ledgerKeep(v),
+		Response: bytes.Clone(rest[1+d+k:]),
 	}, nil
 }
 

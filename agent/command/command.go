@@ -3,14 +3,18 @@
 //
 // A plain command is a JSON object:
 //
-//	{"id":"…","name":"ping","args":{…},"expires_at":"…","target":"<station id>|*"}
+//	{"id":"…","name":"ping","args":{…},"issued_at":"…","expires_at":"…","target":"<station id>|*"}
 //
 // A signed command wraps the plain command's exact bytes:
 //
 //	{"signed":"<base64url>","sig":"<base64url Ed25519 signature of those bytes>","kid":"…"}
 //
 // Both base64 fields use the URL alphabet without padding. The signature covers the plain
-// command's bytes as sent, so nothing needs to be re-encoded to verify it.
+// command's bytes as sent, so nothing needs to be re-encoded to verify it. A signed command must
+// carry issued_at and expires_at: a signature that never expires could be replayed for ever.
+//
+// Limits are in bytes: an id or a name is 1 to 64 bytes of printable ASCII, a payload at most
+// contract.MaxCommandBytes, nested at most MaxDepth levels (checked before anything is decoded).
 //
 // Key ids: the kid of a public key is the first 8 bytes of the SHA-256 digest of the 32 raw key
 // bytes, in base64url without padding (11 characters); see KeyID. It only selects the key to try;
@@ -33,14 +37,17 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/jsonlimit"
 )
 
-// maxNameLen bounds a command name: names are logged and must stay short.
+// maxNameLen bounds a command name, in bytes: names are logged and must stay short.
 const maxNameLen = 64
+
+// MaxDepth is how deeply a command may nest objects and arrays (the envelope, and the plain
+// command inside it, each). Deeper input is refused before it is decoded.
+const MaxDepth = jsonlimit.DefaultMaxDepth
 
 func errorf(code, format string, args ...any) *contract.Error {
 	return &contract.Error{Code: code, Message: fmt.Sprintf(format, args...)}
@@ -158,6 +165,9 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 		if _, ok := probe["signed"]; ok {
 			return nil, errors.New("command: sign: already a signed envelope")
 		}
+		if _, _, e := decodeInner(plain, probe, true); e != nil {
+			return nil, fmt.Errorf("command: sign: %w", e)
+		}
 	}
 	env, err := json.Marshal(contract.Signed{
 		Signed: b64.EncodeToString(plain),
@@ -183,10 +193,14 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 //     absent). With no keys configured a signed command's inner command is accepted without
 //     verification: the station has nothing to verify with, and a fleet can start signing before
 //     every station has its keys;
-//  4. the inner command: id a string of 1 to 64 printable characters, name a non-empty string
-//     (at most 64 printable characters), target a non-empty string, expires_at an RFC 3339 time
-//     if present, args a JSON object if present (null counts as absent for the optional
-//     members); anything else is bad_request. Unknown members are ignored.
+//  4. the inner command: id a string of 1 to 64 bytes of printable ASCII, name likewise, target
+//     a station id or "*", issued_at and expires_at RFC 3339 times if present (both required in
+//     a signed command, expires_at after issued_at), args a JSON object if present (null counts
+//     as absent for the optional members); anything else is bad_request. Unknown members are
+//     ignored.
+//
+// Before any of it, input nested more than MaxDepth levels is bad_request (an oversize one is
+// then not read for its id either).
 //
 // Decode does not check the target or the expiry: the station does, with its id and clock.
 //
@@ -196,6 +210,9 @@ func Sign(priv ed25519.PrivateKey, kid string, plain []byte) ([]byte, error) {
 // not be extracted or the payload is too large. err is nil when the command is well-formed and
 // authentic; then cmd is complete.
 func Decode(payload []byte, keys *Keys) (cmd *contract.Command, inner []byte, err *contract.Error) {
+	if jsonlimit.Check(payload, MaxDepth) != nil {
+		return nil, nil, errorf(contract.CodeBadRequest, "JSON nested more than %d levels deep", MaxDepth)
+	}
 	if len(payload) > contract.MaxCommandBytes {
 		return idOnly(claimedID(payload, true)), nil, errorf(contract.CodeBadRequest, "command of %d bytes is larger than %d", len(payload), contract.MaxCommandBytes)
 	}
@@ -209,7 +226,7 @@ func Decode(payload []byte, keys *Keys) (cmd *contract.Command, inner []byte, er
 		if keys.Len() > 0 {
 			return idOnly(readID(top)), payload, errorf(contract.CodeUnauthorized, "unsigned command: this station accepts only signed commands")
 		}
-		return decodeInner(payload, top)
+		return decodeInner(payload, top, false)
 	}
 
 	// Signed form. The inner bytes are read leniently first, only to learn the claimed id for
@@ -229,6 +246,9 @@ func Decode(payload []byte, keys *Keys) (cmd *contract.Command, inner []byte, er
 	plain, err1 := b64.DecodeString(env.Signed)
 	if err1 != nil {
 		return idOnly(claimedSignedID(top)), nil, errorf(contract.CodeBadRequest, "signed: not base64url without padding")
+	}
+	if jsonlimit.Check(plain, MaxDepth) != nil {
+		return nil, nil, errorf(contract.CodeBadRequest, "signed: JSON nested more than %d levels deep", MaxDepth)
 	}
 	sig, err1 := b64.DecodeString(env.Sig)
 	if err1 != nil || len(sig) != ed25519.SignatureSize {
@@ -252,7 +272,7 @@ func Decode(payload []byte, keys *Keys) (cmd *contract.Command, inner []byte, er
 	if _, nested := innerTop["signed"]; nested {
 		return idOnly(readID(innerTop)), plain, errorf(contract.CodeBadRequest, "signed: holds another envelope, not a plain command")
 	}
-	return decodeInner(plain, innerTop)
+	return decodeInner(plain, innerTop, true)
 }
 
 func (k *Keys) hasKid(kid string) bool {
@@ -286,35 +306,52 @@ func unmarshalObject(b []byte, top *map[string]json.RawMessage) *contract.Error 
 	return nil
 }
 
-// decodeInner checks the members of a plain command.
-func decodeInner(raw []byte, top map[string]json.RawMessage) (*contract.Command, []byte, *contract.Error) {
+// decodeInner checks the members of a plain command; signed says it came in an envelope, which
+// requires issued_at and expires_at.
+func decodeInner(raw []byte, top map[string]json.RawMessage, signed bool) (*contract.Command, []byte, *contract.Error) {
 	id, e := stringMember(top, "id", true)
 	if e != nil {
 		return nil, raw, e
 	}
 	if !validID(id) {
-		return nil, raw, errorf(contract.CodeBadRequest, "id: want 1 to %d printable characters", contract.MaxCommandID)
+		return nil, raw, errorf(contract.CodeBadRequest, "id: want 1 to %d bytes of printable ASCII", contract.MaxCommandID)
 	}
 	c := &contract.Command{ID: id}
 	if c.Name, e = stringMember(top, "name", true); e != nil {
 		return c, raw, e
 	}
-	if c.Name == "" || utf8.RuneCountInString(c.Name) > maxNameLen || !printable(c.Name) {
-		return c, raw, errorf(contract.CodeBadRequest, "name: want 1 to %d printable characters", maxNameLen)
+	if len(c.Name) < 1 || len(c.Name) > maxNameLen || !printableASCII(c.Name) {
+		return c, raw, errorf(contract.CodeBadRequest, "name: want 1 to %d bytes of printable ASCII", maxNameLen)
 	}
 	if c.Target, e = stringMember(top, "target", true); e != nil {
 		return c, raw, e
 	}
-	if c.Target == "" {
+	if c.Target != contract.FleetTarget && !contract.ValidStationID(c.Target) {
 		return c, raw, errorf(contract.CodeBadRequest, "target: want a station id or %q", contract.FleetTarget)
 	}
-	if c.ExpiresAt, e = stringMember(top, "expires_at", false); e != nil {
-		return c, raw, e
-	}
-	if c.ExpiresAt != "" {
-		if _, err := time.Parse(time.RFC3339Nano, c.ExpiresAt); err != nil {
-			return c, raw, errorf(contract.CodeBadRequest, "expires_at: not an RFC 3339 time")
+	var issued, expires time.Time
+	for _, m := range []struct {
+		name string
+		s    *string
+		t    *time.Time
+	}{{"issued_at", &c.IssuedAt, &issued}, {"expires_at", &c.ExpiresAt, &expires}} {
+		if *m.s, e = stringMember(top, m.name, signed); e != nil {
+			if signed {
+				e.Message += " (a signed command must carry issued_at and expires_at)"
+			}
+			return c, raw, e
 		}
+		if *m.s == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, *m.s)
+		if err != nil {
+			return c, raw, errorf(contract.CodeBadRequest, "%s: not an RFC 3339 time", m.name)
+		}
+		*m.t = t
+	}
+	if !issued.IsZero() && !expires.IsZero() && !expires.After(issued) {
+		return c, raw, errorf(contract.CodeBadRequest, "expires_at: must be after issued_at")
 	}
 	if a, ok := top["args"]; ok && !isNull(a) {
 		if t := bytes.TrimSpace(a); len(t) == 0 || t[0] != '{' {
@@ -344,19 +381,20 @@ func stringMember(top map[string]json.RawMessage, name string, required bool) (s
 	return s, nil
 }
 
+// validID reports whether id is a command id: 1 to contract.MaxCommandID bytes of printable
+// ASCII. The limit is in bytes so that every place that keeps an id (the ledger, logs, responses)
+// agrees on it.
 func validID(id string) bool {
-	n := utf8.RuneCountInString(id)
-	return n >= 1 && n <= contract.MaxCommandID && printable(id)
+	return len(id) >= 1 && len(id) <= contract.MaxCommandID && printableASCII(id)
 }
 
-// printable reports whether s is valid UTF-8 made of printable characters (spaces other than
-// U+0020 and all control characters excluded).
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
+// ValidID reports whether id is a valid command id.
+func ValidID(id string) bool { return validID(id) }
+
+// printableASCII reports whether s is made of printable ASCII characters (0x20 to 0x7E).
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
 			return false
 		}
 	}

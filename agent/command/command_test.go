@@ -13,6 +13,7 @@ import (
 
 	"station.dev/agent/agent/command"
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/jsonlimit"
 )
 
 type keyPair struct {
@@ -62,7 +63,10 @@ func envelope(t testing.TB, signed, sig []byte, kid string) []byte {
 	})
 }
 
-const ping = `{"id":"c-1","name":"ping","target":"st-1"}`
+const ping = `{"id":"c-1","name":"ping","target":"st-1","issued_at":"2030-01-02T03:04:05Z","expires_at":"2030-01-02T04:04:05Z"}`
+
+// pingCmd is ping decoded.
+var pingCmd = contract.Command{ID: "c-1", Name: "ping", Target: "st-1", IssuedAt: "2030-01-02T03:04:05Z", ExpiresAt: "2030-01-02T04:04:05Z"}
 
 func TestDecodeWellFormed(t *testing.T) {
 	kp := newKey(t)
@@ -74,19 +78,17 @@ func TestDecodeWellFormed(t *testing.T) {
 		inner   string
 		want    contract.Command
 	}{
-		{"plain, no keys", []byte(ping), nil, ping, contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
+		{"plain, no keys", []byte(ping), nil, ping, pingCmd},
+		{"plain without times", []byte(`{"id":"c-0","name":"ping","target":"st-1"}`), nil, "", contract.Command{ID: "c-0", Name: "ping", Target: "st-1"}},
 		{"plain with every member, unknown member ignored", []byte(full), nil, full,
 			contract.Command{ID: "c-2", Name: "config.set", Args: json.RawMessage(`{"k":1}`), ExpiresAt: "2030-01-02T03:04:05.123456789Z", Target: "*"}},
 		{"null optional members", []byte(`{"id":"c-3","name":"ping","target":"st-1","args":null,"expires_at":null}`), nil, "",
 			contract.Command{ID: "c-3", Name: "ping", Target: "st-1"}},
-		{"signed, kid given", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), kp.kid), keysOf(t, kp), ping,
-			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
-		{"signed, no kid: every key tried", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), ""), keysOf(t, newKey(t), kp), ping,
-			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
-		{"signed, no keys configured: accepted unverified", envelope(t, []byte(ping), make([]byte, 64), "whatever"), nil, ping,
-			contract.Command{ID: "c-1", Name: "ping", Target: "st-1"}},
-		{"id of 64 characters, not all ASCII", []byte(`{"id":"` + strings.Repeat("é", 64) + `","name":"ping","target":"st-1"}`), nil, "",
-			contract.Command{ID: strings.Repeat("é", 64), Name: "ping", Target: "st-1"}},
+		{"signed, kid given", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), kp.kid), keysOf(t, kp), ping, pingCmd},
+		{"signed, no kid: every key tried", envelope(t, []byte(ping), ed25519.Sign(kp.priv, []byte(ping)), ""), keysOf(t, newKey(t), kp), ping, pingCmd},
+		{"signed, no keys configured: accepted unverified", envelope(t, []byte(ping), make([]byte, 64), "whatever"), nil, ping, pingCmd},
+		{"id of 64 bytes", []byte(`{"id":"` + strings.Repeat("~", 64) + `","name":"ping","target":"st-1"}`), nil, "",
+			contract.Command{ID: strings.Repeat("~", 64), Name: "ping", Target: "st-1"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -95,7 +97,7 @@ func TestDecodeWellFormed(t *testing.T) {
 				t.Fatalf("Decode: %v", err)
 			}
 			if cmd.ID != c.want.ID || cmd.Name != c.want.Name || cmd.Target != c.want.Target ||
-				cmd.ExpiresAt != c.want.ExpiresAt || !bytes.Equal(cmd.Args, c.want.Args) {
+				cmd.ExpiresAt != c.want.ExpiresAt || cmd.IssuedAt != c.want.IssuedAt || !bytes.Equal(cmd.Args, c.want.Args) {
 				t.Fatalf("cmd = %+v, want %+v", *cmd, c.want)
 			}
 			if c.inner != "" && string(inner) != c.inner {
@@ -152,6 +154,18 @@ func TestDecodeMalformed(t *testing.T) {
 		{"missing id", []byte(`{"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
 		{"empty id", []byte(`{"id":"","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
 		{"id of 65 characters", []byte(`{"id":"` + strings.Repeat("a", 65) + `","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id of 64 characters but 256 bytes", []byte(`{"id":"` + strings.Repeat("😀", 64) + `","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"id of 64 characters, not ASCII", []byte(`{"id":"` + strings.Repeat("é", 64) + `","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
+		{"name not ASCII", []byte(`{"id":"c-1","name":"pïng","target":"st-1"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"target not a station id", []byte(`{"id":"c-1","name":"ping","target":"ST\u001b[31m"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"issued_at garbage", []byte(`{"id":"c-1","name":"ping","target":"st-1","issued_at":"now"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"expires before issued", []byte(`{"id":"c-1","name":"ping","target":"st-1","issued_at":"2030-01-02T03:04:05Z","expires_at":"2030-01-02T03:04:05Z"}`), nil, contract.CodeBadRequest, "c-1"},
+		{"signed without issued_at", envelope(t, []byte(`{"id":"c-1","name":"ping","target":"st-1","expires_at":"2030-01-02T03:04:05Z"}`), sign(`{"id":"c-1","name":"ping","target":"st-1","expires_at":"2030-01-02T03:04:05Z"}`), kp.kid), keys, contract.CodeBadRequest, "c-1"},
+		{"signed without expires_at", envelope(t, []byte(`{"id":"c-1","name":"ping","target":"st-1","issued_at":"2030-01-02T03:04:05Z"}`), sign(`{"id":"c-1","name":"ping","target":"st-1","issued_at":"2030-01-02T03:04:05Z"}`), kp.kid), keys, contract.CodeBadRequest, "c-1"},
+		{"nested 33 levels", []byte(`{"id":"c-1","name":"ping","target":"st-1","args":{"a":` + strings.Repeat("[", 31) + strings.Repeat("]", 31) + `}}`), nil, contract.CodeBadRequest, ""},
+		{"nested 3000 levels, 18 KB", []byte(`{"id":"c-1","name":"config.set","target":"st-1","args":` + strings.Repeat(`{"a":`, 3000) + "1" + strings.Repeat("}", 3000) + `}`), nil, contract.CodeBadRequest, ""},
+		{"signed, inner nested too deep", envelope(t, []byte(`{"id":"c-1","a":`+strings.Repeat("[", 40)+strings.Repeat("]", 40)+`}`), sign(`x`), kp.kid), keys, contract.CodeBadRequest, ""},
+		{"oversize and nested too deep", []byte(`{"id":"c-1","pad":"` + strings.Repeat("x", 70<<10) + `","a":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`), nil, contract.CodeBadRequest, ""},
 		{"id with a control character", []byte(`{"id":"c\n1","name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
 		{"id a number", []byte(`{"id":17,"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
 		{"id null", []byte(`{"id":null,"name":"ping","target":"st-1"}`), nil, contract.CodeBadRequest, ""},
@@ -401,7 +415,10 @@ func FuzzDecode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, s := range []string{ping, string(env), `{"signed":"","sig":""}`, `[]`, `{"id":"a","name":"b","target":"*","args":{},"expires_at":"2030-01-02T03:04:05Z"}`, `{"id":1}`, ``} {
+	deep := `{"id":"d","name":"config.set","target":"*","args":` + strings.Repeat(`{"a":`, 3000) + "1" + strings.Repeat("}", 3000) + `}`
+	deepSigned := mustJSON(f, contract.Signed{Signed: base64.RawURLEncoding.EncodeToString([]byte(`{"id":"d","x":` + strings.Repeat("[", 100) + `]}`)), Sig: "AA"})
+	for _, s := range []string{ping, string(env), `{"signed":"","sig":""}`, `[]`, `{"id":"a","name":"b","target":"*","args":{},"expires_at":"2030-01-02T03:04:05Z"}`, `{"id":1}`, ``,
+		deep, string(deepSigned), `{"id":"` + strings.Repeat("😀", 64) + `","name":"ping","target":"*"}`, strings.Repeat("[", 40), `{"a":"\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}`} {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
 	}
@@ -411,8 +428,11 @@ func FuzzDecode(f *testing.F) {
 			k = nil
 		}
 		cmd, inner, err := command.Decode(payload, k)
-		if cmd != nil && (cmd.ID == "" || len(cmd.ID) > 4*contract.MaxCommandID) {
+		if cmd != nil && !command.ValidID(cmd.ID) {
 			t.Fatalf("cmd with an invalid id %q", cmd.ID)
+		}
+		if cmd != nil && jsonlimit.Check(payload, command.MaxDepth) != nil {
+			t.Fatalf("read an id out of input nested deeper than %d", command.MaxDepth)
 		}
 		if err != nil {
 			if err.Code == "" || err.Message == "" {
@@ -422,6 +442,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if cmd == nil || cmd.Name == "" || cmd.Target == "" || inner == nil {
 			t.Fatalf("accepted an incomplete command %+v, inner %q", cmd, inner)
+		}
+		if jsonlimit.Check(inner, command.MaxDepth) != nil || len(cmd.ID) > contract.MaxCommandID {
+			t.Fatalf("accepted a command nested too deep or with a long id")
 		}
 		if _, xerr := cmd.Expired(time.Now()); xerr != nil {
 			t.Fatalf("accepted an unreadable expires_at: %v", xerr)

@@ -45,7 +45,7 @@ func TestOpenSSLSignsStationVerifies(t *testing.T) {
 	dir := t.TempDir()
 	key, msg, sigFile := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cmd.json"), filepath.Join(dir, "cmd.sig")
 	openssl(t, bin, "genpkey", "-algorithm", "ed25519", "-out", key)
-	plain := []byte(`{"id":"ossl-1","name":"ping","args":{},"target":"st-1"}`)
+	plain := []byte(`{"id":"ossl-1","name":"ping","args":{},"target":"st-1","issued_at":"2030-01-02T03:04:05Z","expires_at":"2030-01-02T04:04:05Z"}`)
 	if err := os.WriteFile(msg, plain, 0o600); err != nil {
 		t.Fatal(err)
 	}

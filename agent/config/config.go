@@ -58,6 +58,9 @@ type MQTT struct {
 	Window       int      `toml:"window"`
 	KeepAlive    Duration `toml:"keepalive"`
 	BackoffMax   Duration `toml:"backoff_max"`
+	// AllowEmbedded must be true for broker = "embedded" outside --sim: the embedded broker
+	// lets anyone who reaches 127.0.0.1:1883 publish commands, without authentication.
+	AllowEmbedded bool `toml:"allow_embedded"`
 }
 
 // LocalAPI is the [local_api] table: limits of submissions by the kiosk's software.
@@ -84,6 +87,10 @@ type Card struct {
 // Commands is the [commands] table: fleet commands.
 type Commands struct {
 	PublicKeys []string `toml:"public_keys"`
+	// MaxLifetime is the longest a signed command may live: expires_at at most this long after
+	// issued_at. A station keeps an executed command's id until it expires, so this bounds the
+	// ledger too.
+	MaxLifetime Duration `toml:"max_lifetime"`
 }
 
 // Clock is the [clock] table.
@@ -165,6 +172,9 @@ const (
 	DefaultTempLow      = -20.0
 	DefaultHumidityHigh = 90.0
 	DefaultHysteresis   = 2.0
+	DefaultMaxLifetime  = 7 * 24 * time.Hour
+	// MaxMaxLifetime bounds [commands] max_lifetime.
+	MaxMaxLifetime = 30 * 24 * time.Hour
 	// Embedded is the broker value that runs an MQTT broker inside the agent.
 	Embedded = "embedded"
 )
@@ -267,6 +277,12 @@ func (c *Config) Normalize() error {
 			return fmt.Errorf("config: commands.public_keys[%d]: %w", i, err)
 		}
 	}
+	if c.Commands.MaxLifetime == 0 {
+		c.Commands.MaxLifetime = Duration(DefaultMaxLifetime)
+	}
+	if c.Commands.MaxLifetime < Duration(time.Minute) || c.Commands.MaxLifetime > Duration(MaxMaxLifetime) {
+		return fmt.Errorf("config: commands.max_lifetime %s: want 1m to %s", c.Commands.MaxLifetime, Duration(MaxMaxLifetime))
+	}
 	if c.Telemetry.Interval == 0 {
 		c.Telemetry.Interval = Duration(DefaultTelemetry)
 	}
@@ -295,6 +311,26 @@ func (c *Config) Normalize() error {
 }
 
 func fptr(f float64) *float64 { return &f }
+
+// Insecure lists, in words, what in the configuration leaves the station open to anyone who can
+// publish on its broker or reach it: the agent warns at start, and status, selftest and config
+// check show it. A simulated station (--sim) is insecure by design and lists nothing. keys is
+// the number of command keys in force (the file's, or those set by keys.set).
+func (c *Config) Insecure(keys int) []string {
+	if c.Sim {
+		return nil
+	}
+	var out []string
+	if keys == 0 {
+		out = append(out, "unsigned commands accepted (no [commands] public_keys)")
+	}
+	if c.MQTT.Broker == Embedded {
+		out = append(out, "embedded broker without authentication (mqtt.allow_embedded)")
+	} else if u, err := url.Parse(c.MQTT.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
+		out = append(out, "broker connection not encrypted ("+u.Scheme+"://)")
+	}
+	return out
+}
 
 func (e *Env) normalize() error {
 	if e.Address == 0 {
@@ -336,6 +372,9 @@ func (m *MQTT) normalize(sim bool) error {
 			return errors.New("config: mqtt.broker is required (tcp://host:port, tls://host:port or embedded)")
 		}
 		m.Broker = Embedded
+	}
+	if m.Broker == Embedded && !sim && !m.AllowEmbedded {
+		return errors.New(`config: mqtt.broker "embedded" outside --sim: the embedded broker has no authentication; set [mqtt] allow_embedded = true to run it anyway`)
 	}
 	if m.Broker != Embedded {
 		u, err := url.Parse(m.Broker)

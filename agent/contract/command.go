@@ -56,7 +56,7 @@ const (
 // MaxCommandBytes is the largest command payload (the whole envelope) a station accepts.
 const MaxCommandBytes = 64 << 10
 
-// MaxCommandID is the longest command id, in characters.
+// MaxCommandID is the longest command id, in bytes (an id is printable ASCII).
 const MaxCommandID = 64
 
 // Expired reports whether the command has expired at now: true from the instant expires_at names.

@@ -6,18 +6,21 @@ import "regexp"
 // is stored, so every redelivery carries the same id; Seq counts the station's records 1, 2, 3 …
 // with no gap and no reuse.
 type Record struct {
-	ID          string         `json:"id"`
-	Seq         uint64         `json:"seq"`
-	Type        string         `json:"type"`
-	TS          string         `json:"ts"`
-	ClockSynced bool           `json:"clock_synced"`
-	BootID      string         `json:"boot_id"`
-	UptimeMS    int64          `json:"uptime_ms"`
-	Card        *Card          `json:"card,omitempty"`
-	Error       *RecordError   `json:"error,omitempty"`
-	Data        map[string]any `json:"data,omitempty"`
-	Source      *Source        `json:"source,omitempty"` // submitted records: the program that sent it
-	Key         string         `json:"key,omitempty"`    // submitted records: the client's idempotency key
+	ID          string `json:"id"`
+	Seq         uint64 `json:"seq"`
+	Type        string `json:"type"`
+	TS          string `json:"ts"`
+	ClockSynced bool   `json:"clock_synced"`
+	BootID      string `json:"boot_id"`
+	UptimeMS    int64  `json:"uptime_ms"`
+	// Sim marks a record of a simulated station (--sim): its card tokens are made with the
+	// development key and identify no real card.
+	Sim    bool           `json:"sim,omitempty"`
+	Card   *Card          `json:"card,omitempty"`
+	Error  *RecordError   `json:"error,omitempty"`
+	Data   map[string]any `json:"data,omitempty"`
+	Source *Source        `json:"source,omitempty"` // submitted records: the program that sent it
+	Key    string         `json:"key,omitempty"`    // submitted records: the client's idempotency key
 }
 
 // Card is a card's identity as records carry it: never the card number, track data or raw UID.

@@ -13,6 +13,7 @@ type Status struct {
 	ClockSynced bool                       `json:"clock_synced"`
 	UptimeMS    int64                      `json:"uptime_ms"`
 	Sim         bool                       `json:"sim,omitempty"`
+	Insecure    []string                   `json:"insecure,omitempty"` // e.g. "unsigned commands accepted …"
 	Reader      ComponentHealth            `json:"reader"`
 	Queue       QueueStatus                `json:"queue"`
 	Link        *LinkStatus                `json:"link,omitempty"`

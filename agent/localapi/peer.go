@@ -23,6 +23,9 @@ type peerKey struct{}
 // connContext stores the peer of c in the context of the connection's requests. Serve sets it as
 // the server's ConnContext.
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitConn); ok { // the connection limit's wrapper (server.go)
+		c = lc.Conn
+	}
 	return context.WithValue(ctx, peerKey{}, peerOf(c))
 }
 

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
+
+	"station.dev/agent/internal/jsonlimit"
 )
 
 // Listen listens on the unix socket at path, mode 0660 (root and the station group). A socket
@@ -40,12 +44,26 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
+// Limits of the local API server. Its clients are local programs (the CLI, kiosk software), but
+// a stuck or hostile one must not hold the agent's resources: every connection gets deadlines,
+// and there are at most maxConns at a time (further ones wait in the socket's backlog).
+var (
+	readTimeout  = 30 * time.Second // the whole request, body included
+	writeTimeout = 30 * time.Second // each write of a response (follow streams write for long)
+	idleTimeout  = 60 * time.Second // between requests on a kept-alive connection
+	maxConns     = 32
+)
+
 // Serve serves h on ln until ctx ends, then shuts down (closing ln, which removes the socket
-// file) and returns nil. Requests see ctx as their parent context.
+// file) and returns nil. Requests see ctx as their parent context. Request bodies nested more
+// than jsonlimit.DefaultMaxDepth levels fail to decode before the decoder goes deep.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	ln = &limitListener{Listener: ln, sem: make(chan struct{}, maxConns)}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           guard(h),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnContext:       connContext, // who is calling: SO_PEERCRED (peer.go)
 	}
@@ -63,4 +81,70 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	}
 	<-done
 	return nil
+}
+
+// guard gives each request a depth-limited body and a write deadline renewed before each write.
+func guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil {
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{jsonlimit.NewReader(r.Body, jsonlimit.DefaultMaxDepth), r.Body}
+		}
+		h.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w)}, r)
+	})
+}
+
+// deadlineWriter sets the connection's write deadline before each write, so a client that stops
+// reading is dropped after writeTimeout while a follow stream that writes now and then lives on.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return d.ResponseWriter.Write(p)
+}
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *deadlineWriter) Flush() {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = d.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// limitListener accepts at most cap(sem) connections at a time.
+type limitListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.sem <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

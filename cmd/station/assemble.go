@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"station.dev/agent/agent"
@@ -59,6 +62,10 @@ func effectiveConfig(base *config.Config, flags func(*config.Config), log *slog.
 	if err != nil {
 		log.Error("ignoring the fleet's configuration overrides", "err", err)
 		return base, nil
+	}
+	ov, ignored := ov.Remote()
+	if len(ignored) > 0 {
+		log.Error("ignoring fleet overrides of keys that are set in the configuration file only; see station config overrides, clear them with station config reset", "keys", ignored)
 	}
 	if len(ov) == 0 {
 		return base, ov
@@ -174,25 +181,86 @@ func migrateOverrides(st *store.Store, dataDir string, ov config.Overrides, log 
 // outside a development setup.
 var devCardKey = sha256.Sum256([]byte("station-agent development card key (not for production)"))
 
-// readCardKey reads the fleet's card token key ([card] key_file): hex (32 digits or more) or raw
-// bytes, at least 16 bytes.
+// readCardKey reads the fleet's card token key ([card] key_file): hex digits (32 or more, an even
+// number; surrounding white space ignored) or raw bytes (at least 16, not text). A file other
+// users can read (others, or a group the agent is not in) is refused: the key turns card numbers
+// into tokens, and whoever holds it can test guesses of a card number against a token.
 func readCardKey(path string) ([]byte, error) {
 	if path == "" {
 		return nil, errors.New("card.key_file is required to read cards (the fleet's token key)")
 	}
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("card.key_file: %w", err)
 	}
-	if s := strings.TrimSpace(string(b)); len(s) >= 32 {
-		if k, err := hex.DecodeString(s); err == nil {
-			b = k
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("card.key_file: %w", err)
+	}
+	if err := privateFile(fi); err != nil {
+		return nil, fmt.Errorf("card.key_file %s: %w", path, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return nil, fmt.Errorf("card.key_file: %w", err)
+	}
+	if s := strings.TrimSpace(string(b)); s != "" && isText(s) {
+		if !isHex(s) {
+			return nil, fmt.Errorf("card.key_file %s: text that is not hex digits: write the key as 64 hex digits (openssl rand -hex 32 > %s)", path, path)
 		}
+		if len(s)%2 != 0 || len(s) < 32 {
+			return nil, fmt.Errorf("card.key_file %s: %d hex digits: want an even number, at least 32 (openssl rand -hex 32 > %s)", path, len(s), path)
+		}
+		k, _ := hex.DecodeString(s)
+		return k, nil
 	}
 	if len(b) < 16 {
 		return nil, fmt.Errorf("card.key_file %s: key must be at least 16 bytes", path)
 	}
 	return b, nil
+}
+
+// privateFile refuses a file that users other than the agent's can read: readable by others,
+// or by a group the agent is not in.
+func privateFile(fi os.FileInfo) error {
+	mode := fi.Mode().Perm()
+	if mode&0o007 != 0 {
+		return fmt.Errorf("mode %#o lets every user read it: chmod 0600 (or 0640 with the station group)", mode)
+	}
+	if mode&0o070 == 0 {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if int(st.Gid) == os.Getegid() {
+		return nil
+	}
+	if groups, err := os.Getgroups(); err == nil && slices.Contains(groups, int(st.Gid)) {
+		return nil
+	}
+	return fmt.Errorf("mode %#o lets group %d, which the agent is not in, read it: chmod 0600 or chgrp station", mode, st.Gid)
+}
+
+func isText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 || c > 0x7e) && c != '\n' && c != '\r' && c != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 // parts is what both hardware assemblies (drivers/hw and its emulated twin) offer.

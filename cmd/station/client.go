@@ -9,9 +9,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -138,6 +140,9 @@ func cmdStatus(args []string, stdout, _ io.Writer) error {
 		mode = " (simulation)"
 	}
 	fmt.Fprintf(tw, "station\t%s%s\tversion %s, up %s\n", s.StationID, mode, s.Version, (time.Duration(s.UptimeMS) * time.Millisecond).Round(time.Second))
+	for _, w := range s.Insecure {
+		fmt.Fprintf(tw, "INSECURE\t%s\t\n", w)
+	}
 	if s.Link != nil {
 		state := "offline"
 		if s.Link.Connected {
@@ -370,22 +375,44 @@ func cmdConfig(args []string, stdout, _ io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) == 0 || len(pos) > 2 || (pos[0] != "show" && pos[0] != "check") {
-		return usagef("want: station config show|check [FILE]")
+	const usage = "want: station config show|check [FILE] | overrides | reset [KEY...]"
+	if len(pos) == 0 {
+		return usagef(usage)
 	}
-	if len(pos) == 2 {
-		if rf.config != "" && rf.config != pos[1] {
-			return usagef("two config files given")
+	switch pos[0] {
+	case "show", "check":
+		if len(pos) > 2 {
+			return usagef(usage)
 		}
-		rf.config = pos[1]
+		if len(pos) == 2 {
+			if rf.config != "" && rf.config != pos[1] {
+				return usagef("two config files given")
+			}
+			rf.config = pos[1]
+		}
+	case "overrides":
+		if len(pos) != 1 {
+			return usagef(usage)
+		}
+	case "reset":
+	default:
+		return usagef(usage)
 	}
 	cfg, err := rf.loadConfig()
 	if err != nil {
 		return err
 	}
-	if pos[0] == "check" {
+	switch pos[0] {
+	case "check":
 		fmt.Fprintf(stdout, "ok: station %s, broker %s, data in %s\n", cfg.StationID, cfg.MQTT.Broker, cfg.DataDir)
+		for _, w := range cfg.Insecure(configuredKeys(cfg)) {
+			fmt.Fprintf(stdout, "INSECURE: %s\n", w)
+		}
 		return nil
+	case "overrides":
+		return showOverrides(cfg, stdout)
+	case "reset":
+		return resetOverrides(cfg, pos[1:], stdout)
 	}
 	b, err := cfg.TOML()
 	if err != nil {
@@ -393,4 +420,103 @@ func cmdConfig(args []string, stdout, _ io.Writer) error {
 	}
 	_, err = stdout.Write(b)
 	return err
+}
+
+// configuredKeys is the number of command keys a station with cfg runs with: those set by
+// keys.set if any, else the file's.
+func configuredKeys(cfg *config.Config) int {
+	if keys, ok, err := config.ReadKeys(config.KeysPath(cfg.DataDir)); err == nil && ok {
+		return len(keys)
+	}
+	return len(cfg.Commands.PublicKeys)
+}
+
+// keysKey names the keys set by keys.set for `station config reset`.
+const keysKey = "commands.public_keys"
+
+// showOverrides prints what the fleet changed remotely: the overrides of config.set and the
+// command keys of keys.set, with the keys a station ignores marked.
+func showOverrides(cfg *config.Config, stdout io.Writer) error {
+	path := config.OverridesPath(cfg.DataDir)
+	ov, err := config.ReadOverrides(path)
+	if err != nil {
+		return err
+	}
+	_, ignored := ov.Remote()
+	bad := map[string]bool{}
+	for _, k := range ignored {
+		bad[k] = true
+	}
+	n := 0
+	for _, k := range ov.Keys() {
+		v, _ := ov.Lookup(k)
+		note := ""
+		if bad[k] {
+			note = "   # ignored: not settable remotely"
+		}
+		fmt.Fprintf(stdout, "%s = %s%s\n", k, v, note)
+		n++
+	}
+	if keys, ok, err := config.ReadKeys(config.KeysPath(cfg.DataDir)); err != nil {
+		fmt.Fprintf(stdout, "%s: %v\n", keysKey, err)
+		n++
+	} else if ok {
+		b, _ := json.Marshal(keys)
+		fmt.Fprintf(stdout, "%s = %s   # set by keys.set, replaces the file's\n", keysKey, b)
+		n++
+	}
+	if n == 0 {
+		fmt.Fprintf(stdout, "no remote overrides (%s)\n", path)
+	}
+	return nil
+}
+
+// resetOverrides clears the fleet's overrides: the keys named, or all of them. It edits the
+// files in the data directory; a running agent uses the result after its next restart.
+func resetOverrides(cfg *config.Config, keys []string, stdout io.Writer) error {
+	path := config.OverridesPath(cfg.DataDir)
+	ov, err := config.ReadOverrides(path)
+	if err != nil {
+		return err
+	}
+	all := len(keys) == 0
+	var cleared []string
+	for _, k := range keys {
+		if k == keysKey {
+			continue
+		}
+		if _, ok := ov.Lookup(k); !ok {
+			return fmt.Errorf("%s is not overridden: see station config overrides", k)
+		}
+	}
+	if all {
+		cleared = ov.Keys()
+		ov = config.Overrides{}
+	} else {
+		for _, k := range keys {
+			if k != keysKey {
+				ov = ov.Without(k)
+				cleared = append(cleared, k)
+			}
+		}
+	}
+	if len(cleared) > 0 {
+		if err := config.WriteOverrides(path, ov); err != nil {
+			return fmt.Errorf("%w: run it as root or the station user", err)
+		}
+	}
+	if all || slices.Contains(keys, keysKey) {
+		kp := config.KeysPath(cfg.DataDir)
+		if err := os.Remove(kp); err == nil {
+			cleared = append(cleared, keysKey)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing %s: %w: run it as root or the station user", kp, err)
+		}
+	}
+	if len(cleared) == 0 {
+		fmt.Fprintln(stdout, "no remote overrides to clear")
+		return nil
+	}
+	fmt.Fprintf(stdout, "cleared %s; restart the agent to apply (systemctl restart station)\n", strings.Join(cleared, ", "))
+	return nil
 }

@@ -144,7 +144,9 @@ func TestSignedCommands(t *testing.T) {
 	f.wantError(f.sendCmd(map[string]any{"id": "unsigned-1", "name": "ping"}), contract.CodeUnauthorized)
 
 	sign := func(k ed25519.PrivateKey, id string) []byte {
-		plain, _ := json.Marshal(map[string]any{"id": id, "name": "ping", "target": f.spec.StationID})
+		now := time.Now().UTC()
+		plain, _ := json.Marshal(map[string]any{"id": id, "name": "ping", "target": f.spec.StationID,
+			"issued_at": now.Format(time.RFC3339Nano), "expires_at": now.Add(time.Hour).Format(time.RFC3339Nano)})
 		env, err := command.Sign(k, "", plain)
 		if err != nil {
 			t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	fleetcmd "station.dev/agent/agent/command"
 	"station.dev/agent/agent/config"
@@ -41,6 +42,9 @@ func cmdFleet(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usagef("want: station fleet keygen|ls|send|watch")
 	}
+	// Stations are not trusted to send harmless text: whatever they put in a status, a record
+	// or a response is printed with terminal control sequences made visible.
+	stdout, stderr = termSafe(stdout), termSafe(stderr)
 	switch args[0] {
 	case "keygen":
 		return fleetKeygen(args[1:], stdout)
@@ -63,6 +67,59 @@ func cmdFleet(args []string, stdout, stderr io.Writer) error {
 		return flag.ErrHelp
 	}
 	return usagef("unknown fleet subcommand %q: want keygen, ls, send or watch", args[0])
+}
+
+// defaultExpires is how long a command sent by `station fleet send` lives without --expires.
+const defaultExpires = time.Hour
+
+// termSafe wraps w so that control characters (C0 but tab and newline, DEL, C1) and the
+// bidirectional overrides are written as visible escapes (\x1b, \u202e) instead of reaching
+// the terminal.
+func termSafe(w io.Writer) io.Writer {
+	if _, ok := w.(safeWriter); ok {
+		return w
+	}
+	return safeWriter{w}
+}
+
+type safeWriter struct{ w io.Writer }
+
+func (s safeWriter) Write(p []byte) (int, error) {
+	if clean(p) {
+		return s.w.Write(p)
+	}
+	total := len(p)
+	var b bytes.Buffer
+	for len(p) > 0 {
+		r, n := utf8.DecodeRune(p)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", p[0])
+		case r == '\n' || r == '\t':
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, "\\x%02x", r)
+		case r >= 0x80 && r <= 0x9f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f:
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.Write(p[:n])
+		}
+		p = p[n:]
+	}
+	if _, err := s.w.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+// clean reports whether p is plain printable ASCII, tabs and newlines: the usual case.
+func clean(p []byte) bool {
+	for _, c := range p {
+		if (c < 0x20 && c != '\n' && c != '\t') || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // brokerFlags are the connection flags of every fleet subcommand that talks to the broker.
@@ -335,7 +392,7 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "send to every station (target \"*\")")
 	keyFile := fs.String("key", "", "sign with this Ed25519 private key `file` (PEM PKCS#8, from fleet keygen)")
 	wait := fs.Duration("wait", defaultSendWait, "how long to wait for responses (0: do not wait); with --all the whole time")
-	expires := fs.Duration("expires", 0, "the command expires this long after it is sent (0: never)")
+	expires := fs.Duration("expires", defaultExpires, "the command expires this long after it is sent (at most the stations' [commands] max_lifetime, default 7 days)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -353,8 +410,8 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 	if len(pos) == 0 || len(pos) > 2 {
 		return usagef("want: station fleet send ID|--all NAME [ARGS_JSON]")
 	}
-	if *wait < 0 || *expires < 0 {
-		return usagef("--wait and --expires must not be negative")
+	if *wait < 0 || *expires <= 0 {
+		return usagef("--wait must not be negative and --expires must be positive (a command that never expires could be replayed for ever)")
 	}
 	cmd := contract.Command{ID: fleetcmd.NewID(), Name: pos[0], Target: target}
 	if len(pos) == 2 {
@@ -364,9 +421,9 @@ func fleetSend(args []string, stdout, stderr io.Writer) error {
 		}
 		cmd.Args = a
 	}
-	if *expires > 0 {
-		cmd.ExpiresAt = time.Now().Add(*expires).UTC().Format(time.RFC3339Nano)
-	}
+	now := time.Now().UTC()
+	cmd.IssuedAt = now.Format(time.RFC3339Nano)
+	cmd.ExpiresAt = now.Add(*expires).Format(time.RFC3339Nano)
 	plain, err := json.Marshal(cmd)
 	if err != nil {
 		return err

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
+	"time"
 )
 
 // Stamped at build time by cross-build.sh (-ldflags "-X main.version=… -X main.commit=…").
@@ -16,6 +18,24 @@ var (
 	version = "dev"
 	commit  = ""
 )
+
+// buildTime is when the binary was built, from the commit time Go stamps into it (vcs.time), or
+// zero when unknown: the trusted time of the agent never goes below it.
+func buildTime() time.Time {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return time.Time{}
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.time" {
+			t, err := time.Parse(time.RFC3339, s.Value)
+			if err == nil {
+				return t
+			}
+		}
+	}
+	return time.Time{}
+}
 
 // usageError is a mistake in the command line: exit status 2.
 type usageError struct{ msg string }

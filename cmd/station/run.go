@@ -120,6 +120,7 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 
 	st, err := assemble(cfg, f.apply, agent.Options{
 		Version:   version,
+		BuildTime: buildTime(),
 		Flags:     f.apply,
 		LogLevel:  level,
 		Logs:      ring,
