@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"station.dev/agent/agent/contract"
 	"station.dev/agent/internal/stationproc"
 	"station.dev/agent/mqtt/brokertest"
 )
@@ -103,7 +104,7 @@ func submit(c *http.Client, typ string, data map[string]any) (stationproc.TapLin
 	if err != nil {
 		return stationproc.TapLine{}, 0, err
 	}
-	resp, err := c.Post("http://station/api/v0/records", "application/json", bytes.NewReader(body))
+	resp, err := c.Post("http://station"+contract.PathRecords, "application/json", bytes.NewReader(body))
 	if err != nil {
 		return stationproc.TapLine{}, 0, err
 	}
