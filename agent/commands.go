@@ -54,6 +54,14 @@ func (c *commandStats) snapshot() contract.CommandStats {
 // onMessage runs on the link's receive path: store, acknowledge, wake the worker.
 func (a *Agent) onMessage(m mqtt.Message) {
 	a.cmds.stats.received.Add(1)
+	if m.Retained {
+		// A command left retained on a command topic would run again for every new
+		// subscription (each reconnect with a clean session, each new station): never run it.
+		a.cmds.stats.dropped.Add(1)
+		a.hostile.Warn("ignored a retained command: commands must be published without retain", "topic", m.Topic)
+		m.Ack()
+		return
+	}
 	item := inboxItem{Topic: m.Topic, Size: len(m.Payload), Received: a.clk.Now().UTC()}
 	switch {
 	case len(m.Payload) > maxReadableCommand:

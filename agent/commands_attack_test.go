@@ -460,6 +460,20 @@ func TestDeepNestingRefused(t *testing.T) {
 	}
 }
 
+// A command left retained on the broker would run for every new subscription: it is never run.
+func TestRetainedCommandIgnored(t *testing.T) {
+	h := startHarness(t, harnessOpts{})
+	h.a.onMessage(mqtt.Message{Topic: h.a.topics.Cmd, Payload: plainCmd("retained-1", "ping", nil), Retained: true})
+	h.send(plainCmd("after-retained", "ping", nil))
+	h.response(t, "after-retained")
+	if n := len(h.responses(t, "retained-1")); n != 0 {
+		t.Fatalf("retained command answered %d times", n)
+	}
+	if h.a.cmds.stats.dropped.Load() != 1 {
+		t.Fatalf("dropped %d, want the retained command counted", h.a.cmds.stats.dropped.Load())
+	}
+}
+
 func TestInboxBudget(t *testing.T) {
 	h := startHarness(t, harnessOpts{noRun: true, config: func(c *config.Config) { c.Store.MaxBytes = 4 << 20 }})
 	pad := strings.Repeat("x", 60<<10)

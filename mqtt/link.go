@@ -334,7 +334,7 @@ func (l *Link) onMessage(_ paho.Client, m paho.Message) {
 		m.Ack() // nobody wants it: do not let the broker redeliver it forever
 		return
 	}
-	l.cfg.OnMessage(Message{Topic: m.Topic(), Payload: m.Payload(), ack: m.Ack})
+	l.cfg.OnMessage(Message{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), ack: m.Ack})
 }
 
 // UpdateStatus republishes the retained online status (Config.Status) now,

@@ -4,6 +4,9 @@ package mqtt
 type Message struct {
 	Topic   string
 	Payload []byte
+	// Retained is set when the broker kept the message and delivers it because of a new
+	// subscription, not because someone just published it.
+	Retained bool
 
 	ack func()
 }
