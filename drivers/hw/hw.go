@@ -23,7 +23,14 @@ import (
 	"sync"
 	"time"
 
-	"periph.io/x/host/v3"
+	"periph.io/x/conn/v3/driver/driverreg"
+	// The host drivers a station needs: the Raspberry Pi's SoC (BCM283x) and board, and the
+	// kernel's generic GPIO, I²C and SPI interfaces. periph's host.Init would also load the
+	// Allwinner, Pine64 and 1-wire drivers, which no station has (about 80 KB of binary).
+	_ "periph.io/x/host/v3/bcm283x"
+	_ "periph.io/x/host/v3/gpioioctl"
+	_ "periph.io/x/host/v3/rpi"
+	_ "periph.io/x/host/v3/sysfs"
 )
 
 // Errors of the package; match them with errors.Is.
@@ -108,7 +115,7 @@ var nouns = [numParts]string{"card reader", "indicator", "door switch", "environ
 
 // loadHost loads periph's host drivers, once per process.
 var loadHost = sync.OnceValue(func() error {
-	_, err := host.Init()
+	_, err := driverreg.Init()
 	return err
 })
 
