@@ -51,6 +51,11 @@ echo "SHA256SUMS identical"
 dist=$work/a
 (cd "$dist" && sha256sum -c --quiet SHA256SUMS)
 
+# The station binary stays lean: the stripped arm64 release at most 10 MiB.
+size=$(stat -c %s "$dist/station-linux-arm64")
+echo "arm64 binary: $size bytes"
+[ "$size" -le $((10 << 20)) ] || fail "the arm64 binary is $size bytes, more than 10 MiB"
+
 step "packages"
 shopt -s nullglob
 debs=("$dist"/*.deb)
