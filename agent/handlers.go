@@ -30,6 +30,7 @@ func (a *Agent) handlers() map[string]handler {
 		"locate":      a.cmdLocate,
 		"log.level":   a.cmdLogLevel,
 		"logs.tail":   a.cmdLogsTail,
+		"update":      a.cmdUpdate,
 	}
 }
 
@@ -65,7 +66,7 @@ func (a *Agent) cmdSelftest(_ context.Context, args json.RawMessage) (any, func(
 
 // remoteForbidden are keys a remote command may not change: they decide where the agent keeps its
 // data and who it is, and a mistake there cannot be undone remotely.
-var remoteForbidden = map[string]bool{"station_id": true, "data_dir": true, "socket": true}
+var remoteForbidden = map[string]bool{"station_id": true, "data_dir": true, "socket": true, "update": true}
 
 // liveKeys take effect without a restart.
 var liveKeys = map[string]bool{"log_level": true}
