@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -138,6 +139,7 @@ func (a *Agent) fetchOnce(ctx context.Context, job *updateJob) (int64, error) {
 			return off, fmt.Errorf("%w: writing the download: %v", errBroken, err)
 		}
 		off += int64(len(data))
+		faultPoint("update.chunk." + strconv.Itoa(n)) // the fault-injection suite dies here to test resuming
 		if pct := int(off * 10 / m.Size); pct != lastShown {
 			lastShown = pct
 			a.setUpdate(contract.UpdateStatus{State: contract.UpdateDownloading, Version: m.Version, Previous: a.opts.Version,
