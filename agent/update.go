@@ -318,7 +318,7 @@ func (a *Agent) healthGate(ctx context.Context, st release.State) bool {
 			return true
 		}
 		if now > deadline {
-			a.rollBack("not healthy for "+window.String()+" within "+limit.String()+": "+why)
+			a.rollBack("not healthy for " + window.String() + " within " + limit.String() + ": " + why)
 			return false
 		}
 	}
