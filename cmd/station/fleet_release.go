@@ -23,8 +23,6 @@ func fleetRelease(args []string, stdout io.Writer) error {
 	ver := fs.String("version", "", "the artifact's semantic `version`, as its `station version` prints it")
 	arch := fs.String("arch", "", "GOARCH of the artifact (default: read from its ELF header)")
 	expires := fs.Duration("expires", defaultReleaseExpiry, "the release expires this long after now")
-	out := fs.String("out", "", "write the release to this `file` (default FILE.release)")
-	jsonOut := fs.Bool("json", false, "print JSON")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -62,18 +60,13 @@ func fleetRelease(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	b, _ := json.MarshalIndent(r, "", "  ")
-	if *out == "" {
-		*out = file + ".release"
-	}
-	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+	b, _ := json.Marshal(r)
+	out := file + ".release"
+	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("writing the release: %w", err)
 	}
-	if *jsonOut {
-		return printJSON(stdout, map[string]any{"release": *out, "manifest": m, "kid": r.Kid})
-	}
 	fmt.Fprintf(stdout, "release %s  version %s  arch %s  %d bytes  sha256 %s  expires %s  kid %s\n",
-		*out, m.Version, m.Arch, m.Size, m.SHA256, m.ExpiresAt, r.Kid)
+		out, m.Version, m.Arch, m.Size, m.SHA256, m.ExpiresAt, r.Kid)
 	return nil
 }
 

@@ -72,7 +72,7 @@ func ReadState(dataDir string) (State, error) {
 
 // WriteState replaces the state durably.
 func WriteState(dataDir string, s State) error {
-	b, err := json.MarshalIndent(s, "", "  ")
+	b, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
