@@ -32,6 +32,10 @@ type ChunkFetcher interface {
 	Close() error
 }
 
+// maxChunks bounds an artifact's chunk count, and so the index a download keeps in memory
+// (32 bytes a chunk: 1 MiB).
+const maxChunks = 1 << 15
+
 // updater is the agent's update state.
 type updater struct {
 	keys []ed25519.PublicKey
@@ -132,6 +136,9 @@ func (a *Agent) checkUpdate(args contract.UpdateArgs) (*contract.Manifest, *comm
 	}
 	if src.ChunkSize <= 0 || src.ChunkSize > contract.MaxChunkSize {
 		return m, cmdErr(contract.CodeBadRequest, "source.chunk_size %d: want 1 to %d", src.ChunkSize, contract.MaxChunkSize)
+	}
+	if chunks := (m.Size + int64(src.ChunkSize) - 1) / int64(src.ChunkSize); chunks > maxChunks {
+		return m, cmdErr(contract.CodeBadRequest, "%d chunks of %d bytes: at most %d chunks (the index is kept in memory)", chunks, src.ChunkSize, maxChunks)
 	}
 	if len(src.IndexSHA256) != 64 {
 		return m, cmdErr(contract.CodeBadRequest, "source.index_sha256: want 64 hex digits")
