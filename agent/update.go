@@ -36,6 +36,10 @@ type ChunkFetcher interface {
 // (32 bytes a chunk: 1 MiB).
 const maxChunks = 1 << 15
 
+// gateGrace is how long past its window a pending version may take to become healthy (at least
+// three windows in all) before it is sent back.
+var gateGrace = 5 * time.Minute
+
 // updater is the agent's update state.
 type updater struct {
 	keys []ed25519.PublicKey
@@ -310,7 +314,7 @@ func (a *Agent) healthGate(ctx context.Context, st release.State) bool {
 	a.setUpdate(contract.UpdateStatus{State: contract.UpdatePending, Version: a.opts.Version, Previous: st.Previous})
 	a.log.Info("new version on trial", "version", a.opts.Version, "health_window", window, "attempt", st.Attempts)
 	tick := min(window/4, time.Second)
-	limit := max(3*window, window+5*time.Minute)
+	limit := max(3*window, window+gateGrace)
 	deadline := a.clk.Monotonic() + limit
 	var since time.Duration = -1
 	var why string

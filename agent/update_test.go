@@ -266,3 +266,21 @@ func TestHealthGateCommits(t *testing.T) {
 		t.Error("the previous version was removed")
 	}
 }
+
+func TestHealthGateRollsBackAnUnhealthyVersion(t *testing.T) {
+	defer func(g time.Duration) { gateGrace = g }(gateGrace)
+	gateGrace = 0 // three windows: 3s
+	h, _ := updateHarness(t, "1.6.0", nil)
+	dd := h.a.cfg.DataDir
+	// The previous version was connected; this one's broker is a closed port.
+	if err := release.WriteState(dd, release.State{Committed: "1.5.0", Pending: "1.6.0", Previous: "1.5.0", Attempts: 1, BrokerRequired: true}); err != nil {
+		t.Fatal(err)
+	}
+	runLoop(t, h.a.updateLoop)
+	waitFor(t, func() bool { st, _ := release.ReadState(dd); return st.Pending == "" })
+	st, _ := release.ReadState(dd)
+	if st.Committed != "1.5.0" || st.Outcome == nil || st.Outcome.State != contract.UpdateRolledBack ||
+		!bytes.Contains([]byte(st.Outcome.Reason), []byte("not connected to the broker")) {
+		t.Errorf("state %+v, outcome %+v", st, st.Outcome)
+	}
+}
