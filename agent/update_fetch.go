@@ -93,6 +93,9 @@ func (a *Agent) fetchOnce(ctx context.Context, job *updateJob) (int64, error) {
 		have = verifiedChunks(f, index, src.ChunkSize, chunks, m.Size)
 	}
 	off := int64(have) * int64(src.ChunkSize)
+	if have > 0 {
+		a.log.Info("resuming the update download", "version", m.Version, "bytes", off, "size", m.Size)
+	}
 	if err := f.Truncate(off); err != nil {
 		return 0, fmt.Errorf("%w: %v", errBroken, err)
 	}

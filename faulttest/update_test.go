@@ -241,8 +241,11 @@ health_window = "1s"
 	if d.Update.State != contract.UpdateCommitted || d.Update.Previous != "1.0.0" {
 		t.Errorf("after the update: %+v", d.Update)
 	}
-	if !strings.Contains(p.Log(), "status 137") && !strings.Contains(p.Log(), "status 9") {
+	if !strings.Contains(p.Log(), "status 137") {
 		t.Errorf("the station never died at the fault point in the download:\n%s", p.Tail(40))
+	}
+	if want := fmt.Sprintf("bytes=%d", 4*65536); !strings.Contains(p.Log(), "resuming the update download") || !strings.Contains(p.Log(), want) {
+		t.Errorf("the download did not resume after chunk 3 (%s):\n%s", want, p.Tail(40))
 	}
 
 	// 2. A new "version" that exits at once: three failed starts, then 1.1.0 again.
