@@ -2,7 +2,8 @@
 # The fault-injection suite and the fleet simulation (faulttest/, build tag "faults"): the station
 # binary killed with SIGKILL in the middle of tap bursts, broker restarts, long outages, full
 # stores and file systems, broken store files, brokers that never answer, random command payloads,
-# a failing card reader, and a fleet of agents reconnecting to one Mosquitto.
+# a failing card reader, over-the-air updates under a shell supervisor loop, and a fleet of agents
+# reconnecting to one Mosquitto.
 #
 # Usage: .ci/faults.sh [--full]
 #

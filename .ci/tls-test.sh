@@ -115,12 +115,14 @@ cat >"$work/acl" <<EOF
 # reads the fleet-wide command topic.
 pattern readwrite $prefix/%u/#
 pattern read $prefix/_fleet/cmd
+pattern read $prefix/_fleet/update/#
 
 # The operator reads everything and writes commands.
 user operator
 topic read $prefix/#
 topic write $prefix/+/cmd
 topic write $prefix/_fleet/cmd
+topic write $prefix/_fleet/update/#
 EOF
 cat >"$work/mosquitto.conf" <<EOF
 per_listener_settings false

@@ -41,6 +41,9 @@ type Parts struct {
 	ClockSynced func() bool
 	// Logger receives the agent's log; nil means quiet.
 	Logger *slog.Logger
+	// Updates connects to where update artifacts are fetched (the broker); nil refuses
+	// downloads.
+	Updates func(ctx context.Context) (ChunkFetcher, error)
 }
 
 // Options are the agent's ties to the process around it. All are optional.
@@ -60,6 +63,9 @@ type Options struct {
 	Status func(line string)
 	// OnReady is called once the local API listens.
 	OnReady func()
+	// Stuck names the main loops that stopped making progress (the service watchdog); a new
+	// version is not healthy while any is stuck. Nil: not checked.
+	Stuck func() []string
 	// BootID is the agent's boot id; "" makes a new one. The assembly makes it before it opens
 	// the store, whose store.recovered alarm carries it (see RecoveryAlarm).
 	BootID string
@@ -101,6 +107,8 @@ type Agent struct {
 	hostile *rateLog // log lines about hostile or malformed input, rate-limited
 	tel     telemetryBuffer
 	sim     *simTaps // nil unless the hardware is emulated
+	upd     *updater
+	fetcher func(context.Context) (ChunkFetcher, error)
 	stopRun func(error)
 
 	keySource string // where the command keys in force come from
@@ -159,6 +167,10 @@ func New(p Parts, o Options) (*Agent, error) {
 	if a.trust, err = newTrustedTime(p.Store, a.clk.Now, a.synced, o.BuildTime); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if a.upd, err = newUpdater(cfg.Update.PublicKeys); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.fetcher = p.Updates
 	a.periph = newPeripherals(p.Hardware)
 	if p.Hardware.Sim != nil {
 		a.sim = newSimTaps(p.Hardware.Sim)
@@ -196,6 +208,7 @@ func (a *Agent) Run(ctx context.Context, ln net.Listener) error {
 		{"status", a.statusLoop},
 		{"peripherals", a.peripheralsLoop},
 		{"commands", a.commandLoop},
+		{"update", a.updateLoop},
 		{"api", func(ctx context.Context) error {
 			return localapi.Serve(ctx, ln, localapi.NewHandler(a, a.apiOptions()))
 		}},

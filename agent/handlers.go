@@ -33,6 +33,7 @@ func (a *Agent) handlers() map[string]handler {
 		"log.level":   a.cmdLogLevel,
 		"logs.tail":   a.cmdLogsTail,
 		"keys.set":    a.cmdKeysSet,
+		"update":      a.cmdUpdate,
 	}
 }
 

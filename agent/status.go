@@ -69,7 +69,7 @@ func (a *Agent) status(state, reason string) contract.Status {
 			Published: ls.Published, Acked: ls.Acked,
 		},
 		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
-		Door: a.doorStatus(), Insecure: a.cfg.Insecure(a.keys().Len()),
+		Door: a.doorStatus(), Insecure: a.cfg.Insecure(a.keys().Len()), Update: a.updateStatus(),
 	}
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)

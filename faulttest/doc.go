@@ -3,7 +3,8 @@
 // (the embedded one, or a Mosquitto it starts itself) and breaks things on purpose: kill -9 in the
 // middle of tap bursts, broker restarts, long outages, a full store, a full file system, broken
 // store files, brokers that never answer, random bytes on the command topics, a failing card
-// reader; and it runs a fleet of agents against one broker to measure how they reconnect and
+// reader, over-the-air updates under a shell supervisor loop (a good one committed, a broken one
+// rolled back, refusals, a download killed in the middle); and it runs a fleet of agents against one broker to measure how they reconnect and
 // drain after a broker restart.
 //
 // The tests are guarded by the build tag faults, so `go test ./...` does not run them:

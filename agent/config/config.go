@@ -41,6 +41,7 @@ type Config struct {
 	Env       Env       `toml:"environment"`
 	Display   Display   `toml:"display"`
 	LocalAPI  LocalAPI  `toml:"local_api"`
+	Update    Update    `toml:"update"`
 
 	// Sim replaces all hardware with emulated hardware. Set by --sim, not by the file.
 	Sim bool `toml:"-"`
@@ -300,6 +301,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.Door.Debounce < 0 || c.Door.Debounce > Duration(5*time.Second) {
 		return fmt.Errorf("config: door.debounce %s: want 0 to 5s", c.Door.Debounce)
+	}
+	if err := c.Update.normalize(); err != nil {
+		return err
 	}
 	if c.Display.Address == 0 {
 		c.Display.Address = 0x3C

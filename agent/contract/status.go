@@ -21,6 +21,7 @@ type Status struct {
 	Door        *DoorStatus                `json:"door,omitempty"`
 	Environment map[string]float64         `json:"environment,omitempty"`
 	Indicator   *IndicatorState            `json:"indicator,omitempty"`
+	Update      *UpdateStatus              `json:"update,omitempty"`
 }
 
 // Offline is the status a station leaves when it goes: its last will (ReasonLost) or the status

@@ -75,6 +75,7 @@ func effectiveConfig(base *config.Config, flags func(*config.Config), log *slog.
 		log.Error("ignoring the fleet's configuration overrides", "err", err)
 		return base, nil
 	}
+	c.Update = base.Update // file-only: which releases to trust is not the fleet's to change
 	log.Info("fleet configuration overrides in force", "keys", ov.Keys())
 	return c, ov
 }
@@ -152,6 +153,7 @@ func assemble(base *config.Config, flags func(*config.Config), opts agent.Option
 			KeepAlive: cfg.MQTT.KeepAlive.D(), BackoffMax: cfg.MQTT.BackoffMax.D(), Window: cfg.MQTT.Window,
 			Logger: log.With("component", "mqtt"),
 		}),
+		Updates: updateFetcher(cfg, brokerURL, password, log),
 	}, opts)
 	if err != nil {
 		return nil, err

@@ -40,7 +40,7 @@ const (
 
 func cmdFleet(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("want: station fleet keygen|ls|send|watch")
+		return usagef("want: station fleet keygen|ls|send|watch|release|update")
 	}
 	// Stations are not trusted to send harmless text: whatever they put in a status, a record
 	// or a response is printed with terminal control sequences made visible.
@@ -54,19 +54,27 @@ func cmdFleet(args []string, stdout, stderr io.Writer) error {
 		return fleetSend(args[1:], stdout, stderr)
 	case "watch":
 		return fleetWatch(args[1:], stdout, stderr)
+	case "release":
+		return fleetRelease(args[1:], stdout)
+	case "update":
+		return fleetUpdate(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
-		fmt.Fprintln(stderr, "usage: station fleet keygen|ls|send|watch [flags]")
+		fmt.Fprintln(stderr, "usage: station fleet keygen|ls|send|watch|release|update [flags]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "  keygen [--out FILE]                       make an Ed25519 command signing key")
 		fmt.Fprintln(stderr, "  ls [--json]                               the retained status of every station")
 		fmt.Fprintln(stderr, "  send ID|--all NAME [ARGS_JSON] [--key FILE] [--wait D] [--expires D] [--json]")
 		fmt.Fprintln(stderr, "                                            send a command, print the responses")
 		fmt.Fprintln(stderr, "  watch [ID] [-n N] [--json]                follow status and events")
+		fmt.Fprintln(stderr, "  release --key KEY --version V [--arch A] [--expires D] FILE")
+		fmt.Fprintln(stderr, "                                            sign a release: writes FILE.release")
+		fmt.Fprintln(stderr, "  update --release R --artifact F --station ID...|--all|--percent N [--key KEY] [--wait]")
+		fmt.Fprintln(stderr, "                                            publish a release and update stations")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "'station fleet <subcommand> -h' shows its flags.")
 		return flag.ErrHelp
 	}
-	return usagef("unknown fleet subcommand %q: want keygen, ls, send or watch", args[0])
+	return usagef("unknown fleet subcommand %q: want keygen, ls, send, watch, release or update", args[0])
 }
 
 // defaultExpires is how long a command sent by `station fleet send` lives without --expires.
@@ -655,6 +663,9 @@ func watchLine(m operator.Message, jsonOut bool) string {
 		}
 		if st.Version != "" {
 			detail = append(detail, "version "+st.Version)
+		}
+		if u := updateOf(m.Payload); u != "" {
+			detail = append(detail, u)
 		}
 		if st.State == "online" {
 			q := fmt.Sprintf("queue %d", st.QueueDepth)

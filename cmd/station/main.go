@@ -65,7 +65,7 @@ func init() {
 		{"selftest", "check every component of the running agent", cmdSelftest},
 		{"sim", "door open|close, env --temp C: drive the emulated parts (--sim agents)", cmdSim},
 		{"config", "show|check a configuration file", cmdConfig},
-		{"fleet", "operator side: keygen, ls, send, watch", cmdFleet},
+		{"fleet", "operator side: keygen, ls, send, watch, release, update", cmdFleet},
 		{"version", "print the version", cmdVersion},
 	}
 }

@@ -88,6 +88,9 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := launch(cfg.DataDir, stderr); err != nil {
+		return err
+	}
 	ring := agent.NewLogRing(500)
 	logger, level := newLogger(io.MultiWriter(stderr, ring))
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
@@ -127,6 +130,7 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 		Heartbeat: func(name string) func() { return wd.Register(name).Beat },
 		Status:    func(line string) { _ = notifier.Status(line) },
 		OnReady:   func() { _ = notifier.Ready() },
+		Stuck:     wd.Stuck,
 	}, logger)
 	if err != nil {
 		return err
