@@ -53,6 +53,10 @@ type FS struct {
 	nodes  map[uint64]*node
 	fault  func(op Op, name string) syscall.Errno
 	stats  Stats
+
+	// A cut armed at an fsync (CutAtFsync).
+	armed int
+	hit   chan struct{}
 }
 
 // Stats count what the file system saw since Mount.
@@ -137,6 +141,37 @@ func (l *FS) faultFor(op Op, n *node) syscall.Errno {
 	return f(op, filepath.Base(n.Path(nil)))
 }
 
+// CutAtFsync arms a cut at the nth fsync of a file from now: the process calling that fsync
+// is killed with SIGKILL before the fsync returns (it fails, to a process that never sees it),
+// so that the power goes in the middle of a commit, between its writes and their fsync. The
+// channel returned is closed then; the caller waits for the process to be gone and calls Cut.
+// Cut disarms it.
+func (l *FS) CutAtFsync(n int) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.armed, l.hit = n, make(chan struct{})
+	return l.hit
+}
+
+// atFsync kills the caller of the fsync that is the armed cut's moment, and reports whether it
+// was.
+func (l *FS) atFsync(caller *fuse.Caller) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.armed == 0 {
+		return false
+	}
+	l.armed--
+	if l.armed > 0 {
+		return false
+	}
+	// The request's pid is the calling thread's: SIGKILL to it ends the whole process, which
+	// returns to user space no more.
+	_ = syscall.Kill(int(caller.Pid), syscall.SIGKILL)
+	close(l.hit)
+	return true
+}
+
 // DropCache makes the kernel forget the cached pages of every file, so that the next reads,
 // memory maps included, come to the file system (and meet its faults).
 func (l *FS) DropCache() {
@@ -160,9 +195,11 @@ func (l *FS) Stats() Stats {
 	return l.stats
 }
 
-// Unmount unmounts the file system. Every process using it must have ended.
+// Unmount unmounts the file system (and disarms CutAtFsync). Every process using it must have
+// ended.
 func (l *FS) Unmount() error {
 	l.mu.Lock()
+	l.armed = 0
 	server := l.server
 	l.server = nil
 	l.mu.Unlock()
@@ -344,6 +381,9 @@ func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscal
 		return fs.ToErrno(err)
 	}
 	e := n.lz.faultFor(Fsync, n)
+	if c, ok := fuse.FromContext(ctx); ok && n.lz.atFsync(c) {
+		e = syscall.EIO
+	}
 	n.lz.mu.Lock()
 	n.lz.stats.Fsyncs++
 	if e != 0 {
