@@ -50,8 +50,8 @@ type FS struct {
 	mu     sync.Mutex
 	server *fuse.Server
 	files  map[uint64]*file // by inode number of the backing file
-	nodes  map[uint64]*node
-	fault  func(op Op, name string) syscall.Errno
+	root   *node
+	fault  func(op Op, name string, off int64) syscall.Errno
 	stats  Stats
 
 	// A cut armed at an fsync (CutAtFsync).
@@ -86,7 +86,7 @@ func Mount(backing, mnt string) (*FS, error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("lazyfs: no FUSE here: %w", err)
 	}
-	l := &FS{backing: backing, mnt: mnt, files: map[uint64]*file{}, nodes: map[uint64]*node{}}
+	l := &FS{backing: backing, mnt: mnt, files: map[uint64]*file{}}
 	if err := l.mount(); err != nil {
 		return nil, err
 	}
@@ -100,14 +100,13 @@ func (l *FS) mount() error {
 	}
 	root := &fs.LoopbackRoot{Path: l.backing, Dev: uint64(st.Dev)}
 	root.NewNode = func(r *fs.LoopbackRoot, parent *fs.Inode, name string, st *syscall.Stat_t) fs.InodeEmbedder {
-		n := &node{LoopbackNode: fs.LoopbackNode{RootData: r}, lz: l, ino: st.Ino}
-		l.mu.Lock()
-		l.nodes[st.Ino] = n
-		l.mu.Unlock()
-		return n
+		return &node{LoopbackNode: fs.LoopbackNode{RootData: r}, lz: l, ino: st.Ino}
 	}
 	rootNode := root.NewNode(root, nil, "", &st)
 	root.RootNode = rootNode
+	l.mu.Lock()
+	l.root = rootNode.(*node)
+	l.mu.Unlock()
 	server, err := fs.Mount(l.mnt, rootNode, &fs.Options{MountOptions: fuse.MountOptions{
 		DirectMountStrict: true, // no fusermount here
 		FsName:            "lazyfs",
@@ -124,21 +123,22 @@ func (l *FS) mount() error {
 }
 
 // SetFault installs a function asked before every fsync, read and write of a file: a non-zero
-// errno makes the operation fail with it (name is the file's base name). nil removes it.
-func (l *FS) SetFault(f func(op Op, name string) syscall.Errno) {
+// errno makes the operation fail with it (name is the file's base name, off the offset of a read
+// or write, -1 for an fsync). nil removes it.
+func (l *FS) SetFault(f func(op Op, name string, off int64) syscall.Errno) {
 	l.mu.Lock()
 	l.fault = f
 	l.mu.Unlock()
 }
 
-func (l *FS) faultFor(op Op, n *node) syscall.Errno {
+func (l *FS) faultFor(op Op, n *node, off int64) syscall.Errno {
 	l.mu.Lock()
 	f := l.fault
 	l.mu.Unlock()
 	if f == nil {
 		return 0
 	}
-	return f(op, filepath.Base(n.Path(nil)))
+	return f(op, filepath.Base(n.Path(nil)), off)
 }
 
 // CutAtFsync arms a cut at the nth fsync of a file from now: the process calling that fsync
@@ -174,18 +174,32 @@ func (l *FS) atFsync(caller *fuse.Caller) bool {
 
 // DropCache makes the kernel forget the cached pages of every file, so that the next reads,
 // memory maps included, come to the file system (and meet its faults).
-func (l *FS) DropCache() {
+func (l *FS) DropCache() error {
 	l.mu.Lock()
-	nodes := make([]*node, 0, len(l.nodes))
-	for _, n := range l.nodes {
-		nodes = append(nodes, n)
-	}
+	root := l.root
 	l.mu.Unlock()
-	for _, n := range nodes {
-		if !n.IsDir() {
-			n.NotifyContent(0, 0)
+	var nodes []*fs.Inode
+	var walk func(n *fs.Inode)
+	walk = func(n *fs.Inode) {
+		for _, c := range n.Children() {
+			nodes = append(nodes, c)
+			walk(c)
 		}
 	}
+	walk(root.EmbeddedInode())
+	var errs []error
+	for _, n := range nodes {
+		if !n.IsDir() {
+			// ENOENT: the kernel holds nothing of that inode.
+			if e := n.NotifyContent(0, 0); e != 0 && e != syscall.ENOENT {
+				errs = append(errs, fmt.Errorf("%s: %w", n.Path(nil), e))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("lazyfs: drop cache: %w", err)
+	}
+	return nil
 }
 
 // Stats returns the counts so far.
@@ -226,7 +240,6 @@ func (l *FS) Cut(keep func() bool) error {
 	l.mu.Lock()
 	files := l.files
 	l.files = map[uint64]*file{}
-	l.nodes = map[uint64]*node{}
 	l.stats.Cuts++
 	l.mu.Unlock()
 	var errs []error
@@ -342,7 +355,7 @@ var (
 )
 
 func (n *node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if e := n.lz.faultFor(Write, n); e != 0 {
+	if e := n.lz.faultFor(Write, n, off); e != 0 {
 		return 0, e
 	}
 	f, err := n.lz.fileOf(n)
@@ -362,7 +375,7 @@ func (n *node) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int
 }
 
 func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if e := n.lz.faultFor(Read, n); e != 0 {
+	if e := n.lz.faultFor(Read, n, off); e != 0 {
 		return nil, e
 	}
 	r, ok := fh.(fs.FileReader)
@@ -380,7 +393,7 @@ func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscal
 	if err != nil {
 		return fs.ToErrno(err)
 	}
-	e := n.lz.faultFor(Fsync, n)
+	e := n.lz.faultFor(Fsync, n, -1)
 	if c, ok := fuse.FromContext(ctx); ok && n.lz.atFsync(c) {
 		e = syscall.EIO
 	}

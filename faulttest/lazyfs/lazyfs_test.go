@@ -53,7 +53,7 @@ func TestCutLosesWhatWasNotSynced(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A failed fsync loses another block for good, even after a later fsync.
-	l.SetFault(func(op Op, name string) syscall.Errno {
+	l.SetFault(func(op Op, name string, off int64) syscall.Errno {
 		if op == Fsync {
 			return syscall.EIO
 		}

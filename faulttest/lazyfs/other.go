@@ -33,8 +33,9 @@ func Mount(backing, mnt string) (*FS, error) {
 	return nil, errors.New("lazyfs: go-fuse is not available for this platform")
 }
 
-func (l *FS) SetFault(f func(op Op, name string) syscall.Errno) {}
-func (l *FS) DropCache()                                        {}
-func (l *FS) Stats() Stats                                      { return Stats{} }
-func (l *FS) Unmount() error                                    { return nil }
-func (l *FS) Cut(keep func() bool) error                        { return nil }
+func (l *FS) SetFault(f func(op Op, name string, off int64) syscall.Errno) {}
+func (l *FS) DropCache()                                                   {}
+func (l *FS) Stats() Stats                                                 { return Stats{} }
+func (l *FS) CutAtFsync(n int) <-chan struct{}                             { return nil }
+func (l *FS) Unmount() error                                               { return nil }
+func (l *FS) Cut(keep func() bool) error                                   { return nil }
