@@ -13,6 +13,9 @@
 # The tests start what they need themselves: their own Mosquitto on free loopback ports, embedded
 # brokers, and the agents. Mosquitto must be installed (installed here with apt-get when missing
 # and run as root); the tiny-file-system scenario mounts a tmpfs and skips itself without root.
+# The power cuts (TestPowerCuts: 5 cuts bounded, 100 with --full) and the fsync faults put the data
+# directory on faulttest/lazyfs, a FUSE file system that loses what was not fsynced: they need root
+# and /dev/fuse and skip themselves, saying why, without.
 # Measured figures are printed at the end, one "name value unit" a line.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -324,7 +325,7 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 		return runErr
 	}
 	t.Cleanup(func() {
-		if err := h.stop(); err != nil && err != ErrRestart {
+		if err := h.stop(); err != nil && err != ErrRestart && !errors.Is(err, store.ErrUnavailable) {
 			t.Errorf("Run: %v", err)
 		}
 	})

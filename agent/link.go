@@ -55,16 +55,20 @@ func (a *Agent) linkHooks() LinkHooks {
 		Subscriptions: []string{a.topics.Cmd, a.topics.FleetCmd},
 		Progress:      a.heartbeat("link"),
 		OnMessage:     a.onMessage,
-		Outbox:        outbox{a.store},
+		Outbox:        outbox{a.store, a.storeFailed},
 	}
 }
 
 // outbox adapts the store to the link's Outbox interface.
-type outbox struct{ s *store.Store }
+type outbox struct {
+	s      *store.Store
+	failed func(error) // sees every error of the store (storeFailed)
+}
 
 func (o outbox) Read(stream string, after uint64, max int) ([]mqtt.Item, error) {
 	recs, err := o.s.Read(store.Stream(stream), after, max)
 	if err != nil {
+		o.failed(err)
 		return nil, err
 	}
 	items := make([]mqtt.Item, len(recs))
@@ -75,7 +79,11 @@ func (o outbox) Read(stream string, after uint64, max int) ([]mqtt.Item, error) 
 }
 
 func (o outbox) Delete(stream string, seqs ...uint64) error {
-	return o.s.Delete(store.Stream(stream), seqs...)
+	err := o.s.Delete(store.Stream(stream), seqs...)
+	if err != nil {
+		o.failed(err)
+	}
+	return err
 }
 
 func (o outbox) Changed() <-chan struct{} { return o.s.Changed() }

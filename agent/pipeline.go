@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ func (a *Agent) appendRecord(r *contract.Record, class store.Class) (*contract.R
 		return b, err
 	})
 	if err != nil {
+		a.storeFailed(err)
 		return nil, err
 	}
 	var out contract.Record
@@ -54,6 +56,17 @@ func (a *Agent) appendRecord(r *contract.Record, class store.Class) (*contract.R
 		a.roomAgain()
 	}
 	return &out, nil
+}
+
+// storeFailed ends Run when err says the store's file cannot be used any more (a failing disk:
+// store.ErrUnavailable). The store has left the file as it is; the process ends with the error
+// and systemd starts it again after RestartSec, which opens the file afresh (or fails at open with
+// the same clear error), rather than the agent answering every tap "not recorded" for ever.
+func (a *Agent) storeFailed(err error) {
+	if errors.Is(err, store.ErrUnavailable) {
+		a.log.Error("the store is unavailable: ending, to be restarted", "err", err)
+		a.stop(fmt.Errorf("agent: the store is unavailable (is the disk failing?): %w", err))
+	}
 }
 
 // fullState is the store-full episode: why the store refuses card records, and an alarm the full

@@ -158,11 +158,16 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 		}
 	}()
 
+	// Pending deletes ride in this commit (deletes.go).
+	snap := s.pending.snapshot()
 	var err error
 	fault := guard(func() {
 		err = s.db.Update(func(tx *bbolt.Tx) error {
 			cs, err := loadCounters(tx)
 			if err != nil {
+				return err
+			}
+			if err := applyDeletes(tx, &cs, snap); err != nil {
 				return err
 			}
 			stored := 0
@@ -194,6 +199,7 @@ func (s *Store) commitGroup(group []*appendReq, leader *appendReq) {
 	}
 	switch {
 	case err == nil:
+		s.pending.done(snap)
 		stored := false
 		for _, r := range group {
 			if r.err == nil && !r.panicked {
@@ -377,11 +383,15 @@ func (s *Store) AppendBatch(st Stream, c Class, payloads [][]byte) ([]Record, er
 	}
 	var out []Record
 	var refused error
+	snap := s.pending.snapshot()
 	err := s.withDB("append batch", func(db *bbolt.DB) error {
 		out, refused = out[:0], nil
 		return db.Update(func(tx *bbolt.Tx) error {
 			cs, err := loadCounters(tx)
 			if err != nil {
+				return err
+			}
+			if err := applyDeletes(tx, &cs, snap); err != nil {
 				return err
 			}
 			for _, p := range payloads {
@@ -411,6 +421,7 @@ func (s *Store) AppendBatch(st Stream, c Class, payloads [][]byte) ([]Record, er
 	case err != nil:
 		return nil, fmt.Errorf("store: append batch %s: %w", st, err)
 	}
+	s.pending.done(snap)
 	s.signal()
 	return out, refused
 }

@@ -124,7 +124,7 @@ func TestDiskBytesPerRecord(t *testing.T) {
 		}
 	}
 	card2 := perCard(200)
-	t.Logf("figure: disk_bytes_per_card_record %.0f B (append and delete, 2 commits)", card1)
+	t.Logf("figure: disk_bytes_per_card_record %.0f B (append and its delete, taps one after another: the delete rides in the next append)", card1)
 	t.Logf("figure: disk_bytes_per_telemetry_record %.0f B (batches of 30, stored and deleted)", tele)
 	t.Logf("figure: disk_bytes_per_card_record_after_backlog %.0f B", card2)
 }

@@ -69,6 +69,11 @@
 // the same on demand, for example when the backlog has drained after a long
 // outage.
 //
+// Deletes of Events, Responses and Telemetry records are deferred: they ride
+// in the next commit (usually the next append), or are committed when 64 are
+// pending or the oldest has waited Options.DeleteDelay (deletes.go). A crash
+// then re-sends at most 64 acknowledged records.
+//
 // Only this package imports bbolt; it knows nothing of MQTT, drivers or the
 // agent.
 package store

@@ -61,6 +61,8 @@ type config struct {
 	ledgerMaxBytes   int64 // the reserve: see Options.LedgerMaxEntries
 
 	alarm func(r Recovery, seq uint64) ([]byte, error)
+
+	deleteDelay time.Duration // negative: never deferred
 }
 
 // reserveFor returns the Critical reserve for a cap.
@@ -145,6 +147,10 @@ func resolve(o *Options) (config, error) {
 		c.ledgerMaxAge = d
 	}
 	c.ledgerMaxBytes = c.reserve
+	c.deleteDelay = o.DeleteDelay
+	if c.deleteDelay == 0 {
+		c.deleteDelay = DefaultDeleteDelay
+	}
 	return c, nil
 }
 
@@ -478,6 +484,12 @@ func (s *Store) CompactIfWasteful() (bool, error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return false, ErrClosed
+	}
+	if s.failed != nil {
+		return false, s.failed
+	}
+	if err := s.flushDeletesLocked(); err != nil {
+		return false, err
 	}
 	waste, err := s.wasteful()
 	if err != nil || !waste {

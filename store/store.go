@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -183,6 +184,13 @@ type Options struct {
 	// salvage, with no lock of the Store held; it must not call the Store.
 	// nil means no alarm record (Recovered still reports the salvage).
 	RecoveryAlarm func(r Recovery, seq uint64) ([]byte, error)
+	// DeleteDelay is the longest a Delete of an Events, Responses or
+	// Telemetry record waits to be committed with the next commit (usually
+	// the next append) rather than in one of its own (see deletes.go): a
+	// crash or power cut before that commit sends at most 64 acknowledged
+	// records again. 0 means DefaultDeleteDelay (30 s); negative means
+	// every Delete commits at once.
+	DeleteDelay time.Duration
 }
 
 // Record is one stored record.
@@ -235,6 +243,9 @@ type Store struct {
 	closed bool
 	gen    uint64 // counts reopenings of the file
 	failed error  // set when reopening failed: every operation returns it
+
+	// Deletes waiting for a commit (see deletes.go).
+	pending pendingDeletes
 
 	// Group commit of appends (see append.go).
 	qmu   sync.Mutex
@@ -299,6 +310,7 @@ func (s *Store) Read(st Stream, after uint64, max int) ([]Record, error) {
 	if after == ^uint64(0) {
 		return nil, nil
 	}
+	skip := s.pendingSet(st)
 	var out []Record
 	err := s.withDB("read", func(db *bbolt.DB) error {
 		return db.View(func(tx *bbolt.Tx) error {
@@ -309,6 +321,9 @@ func (s *Store) Read(st Stream, after uint64, max int) ([]Record, error) {
 			out = make([]Record, 0, min(max, 256))
 			c := b.Cursor()
 			for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
+				if len(skip) > 0 && skip[binary.BigEndian.Uint64(k)] {
+					continue // deleted: its delete is not committed yet
+				}
 				r, err := decodeRecord(st, k, v)
 				if err != nil {
 					return err
@@ -336,45 +351,61 @@ func (s *Store) Delete(st Stream, seqs ...uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
+	// Find what is stored, and its bytes, in a read transaction: a delete
+	// that can wait is only noted (deletes.go).
+	sizes := make(map[uint64]int64, len(seqs))
 	err := s.withDB("delete", func(db *bbolt.DB) error {
-		return db.Update(func(tx *bbolt.Tx) error {
+		clear(sizes)
+		return db.View(func(tx *bbolt.Tx) error {
 			b, err := recordBucket(tx, st)
 			if err != nil {
 				return err
 			}
-			cs, err := loadCounters(tx)
-			if err != nil {
-				return err
-			}
-			c := cs.get(st)
-			deleted := 0
 			for _, seq := range seqs {
-				k := seqKey(seq)
-				v := b.Get(k)
+				v := b.Get(seqKey(seq))
 				if v == nil {
 					continue
 				}
 				if len(v) < headerLen {
 					return fmt.Errorf("record %d: %w", seq, errShortRecord)
 				}
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-				c.depth--
-				c.bytes -= accounted(len(v) - headerLen)
-				deleted++
+				sizes[seq] = accounted(len(v) - headerLen)
 			}
-			if deleted == 0 {
-				return errNothing
-			}
-			cs.set(st, c)
-			return cs.save(tx)
+			return nil
 		})
 	})
+	if err == nil && len(sizes) == 0 {
+		return nil
+	}
+	if err == nil && s.deferDelete(st, sizes) {
+		return nil
+	}
+	if err == nil {
+		// Now, with whatever else is pending.
+		snap := s.pending.snapshot()
+		err = s.withDB("delete", func(db *bbolt.DB) error {
+			return db.Update(func(tx *bbolt.Tx) error {
+				cs, err := loadCounters(tx)
+				if err != nil {
+					return err
+				}
+				if err := applyDeletes(tx, &cs, snap); err != nil {
+					return err
+				}
+				if _, err := deleteTx(tx, &cs, st, seqs); err != nil {
+					return err
+				}
+				return cs.save(tx)
+			})
+		})
+		if err == nil {
+			s.pending.done(snap)
+		}
+	}
 	if errors.Is(err, ErrClosed) || errors.Is(err, ErrUnavailable) {
 		return err
 	}
-	if err != nil && err != errNothing {
+	if err != nil {
 		return fmt.Errorf("store: delete %s: %w", st, err)
 	}
 	return nil
@@ -400,16 +431,25 @@ func (s *Store) Stats() (Stats, error) {
 			}
 			for i, name := range streams {
 				c := cs.c[i]
-				ss := StreamStats{Depth: int(c.depth), Bytes: c.bytes, LastSeq: c.last}
+				pn, pb := s.pendingOf(name)
+				ss := StreamStats{Depth: int(c.depth) - pn, Bytes: c.bytes - pb, LastSeq: c.last}
 				b, err := recordBucket(tx, name)
 				if err != nil {
 					return err
 				}
-				if k, v := b.Cursor().First(); k != nil && len(v) >= headerLen {
-					ss.Oldest = decodeAdded(v)
+				skip := s.pendingSet(name)
+				cur := b.Cursor()
+				for k, v := cur.First(); k != nil; k, v = cur.Next() {
+					if skip[binary.BigEndian.Uint64(k)] {
+						continue // bounded: at most maxPendingDeletes
+					}
+					if len(v) >= headerLen {
+						ss.Oldest = decodeAdded(v)
+					}
+					break
 				}
 				st.Streams[name] = ss
-				st.Bytes += c.bytes
+				st.Bytes += ss.Bytes
 			}
 			return nil
 		})
@@ -460,8 +500,18 @@ func (s *Store) Close() error {
 	if s.db == nil {
 		return nil
 	}
+	ferr := s.flushDeletesLocked()
+	s.pending.mu.Lock()
+	if s.pending.timer != nil {
+		s.pending.timer.Stop()
+		s.pending.timer = nil
+	}
+	s.pending.mu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
+	}
+	if ferr != nil {
+		return fmt.Errorf("store: close: %w", ferr)
 	}
 	return nil
 }
