@@ -147,6 +147,7 @@ func (s *Store) AppendKeyed(st Stream, c Class, items []Keyed) ([]KeyedResult, e
 		reqs     []*appendReq
 		panicked *appendReq
 	)
+	snap := s.pending.snapshot() // pending deletes ride in this commit (deletes.go)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		// The closure may not run again, but keep it free of effects outside
 		// the transaction all the same: results are rebuilt each time.
@@ -161,6 +162,9 @@ func (s *Store) AppendKeyed(st Stream, c Class, items []Keyed) ([]KeyedResult, e
 		}
 		cs, err := loadCounters(tx)
 		if err != nil {
+			return err
+		}
+		if err := applyDeletes(tx, &cs, snap); err != nil {
 			return err
 		}
 		changed := false
@@ -214,6 +218,7 @@ func (s *Store) AppendKeyed(st Stream, c Class, items []Keyed) ([]KeyedResult, e
 	var ie *ItemError
 	switch {
 	case err == nil:
+		s.pending.done(snap)
 		for _, r := range reqs {
 			s.evicted.Add(r.evicted)
 		}
