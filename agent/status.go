@@ -60,13 +60,20 @@ func (a *Agent) status(state, reason string) contract.Status {
 		Link: &contract.LinkStatus{
 			Broker: a.cfg.MQTT.Broker, Connected: ls.Connected, Connects: ls.Connects,
 			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
-			Published: ls.Published, Acked: ls.Acked,
+			Published: ls.Published, Acked: ls.Acked, Alarm: ls.Alarm,
 		},
 		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
 		Door: a.doorStatus(),
 	}
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)
+	}
+	if ls.Alarm != "" {
+		// In the retained status too: the broker may still take it while it drops records.
+		if s.Components == nil {
+			s.Components = map[string]contract.ComponentHealth{}
+		}
+		s.Components[linkComponent] = contract.ComponentHealth{State: contract.HealthDegraded, Detail: "records not delivered: kept on the station", LastError: ls.Alarm}
 	}
 	return s
 }
@@ -89,6 +96,9 @@ func (a *Agent) offlinePayload(reason string) []byte {
 	return b
 }
 
+// linkComponent names the broker link among the status's components when it raises an alarm.
+const linkComponent = "broker_link"
+
 // statusKey is what, when it changes, makes the retained status worth republishing.
 func (a *Agent) statusKey() string {
 	var b strings.Builder
@@ -98,6 +108,9 @@ func (a *Agent) statusKey() string {
 	}
 	if d := a.doorStatus(); d != nil && d.Open {
 		b.WriteString("/door-open")
+	}
+	if a.link.Stats().Alarm != "" {
+		b.WriteString("/link-alarm")
 	}
 	comps := a.components()
 	for _, name := range slices.Sorted(maps.Keys(comps)) {
@@ -192,6 +205,9 @@ func (a *Agent) statusLine() string {
 	line := fmt.Sprintf("%s, %d waiting, reader %s", link, q.Depth, a.readerHealth().State)
 	if q.Full {
 		line += ", STORE FULL"
+	}
+	if a.link.Stats().Alarm != "" {
+		line += ", BROKER DROPS RECORDS"
 	}
 	return line
 }

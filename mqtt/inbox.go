@@ -1,0 +1,136 @@
+package mqtt
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// inbox takes the messages of one connection off paho's receive path: paho
+// calls onMessage, which only queues the message, so a slow receiver (a
+// store stalled by a worn SD card) never holds up PINGRESPs and PUBACKs.
+// One goroutine hands the messages to Config.OnMessage one at a time, in
+// receive order, and PUBACKs go out in receive order whatever order the
+// receiver acknowledges in: an acknowledged message waits for the ones
+// received before it.
+type inbox struct {
+	l *Link
+	s *connState
+
+	mu     sync.Mutex
+	queue  []*inMsg // received, not yet handed to OnMessage
+	order  []*inMsg // received, PUBACK not yet sent, in receive order
+	closed bool
+	wake   chan struct{}
+
+	sendMu sync.Mutex // PUBACKs leave one prefix at a time
+}
+
+type inMsg struct {
+	m     paho.Message
+	acked bool
+}
+
+func newInbox(l *Link, s *connState) *inbox {
+	return &inbox{l: l, s: s, wake: make(chan struct{}, 1)}
+}
+
+// onMessage is paho's handler for the subscribed topics. It never blocks.
+func (ib *inbox) onMessage(_ paho.Client, m paho.Message) {
+	if ib.l.cfg.OnMessage == nil {
+		m.Ack() // nobody wants it: do not let the broker redeliver it forever
+		return
+	}
+	ib.mu.Lock()
+	if ib.closed {
+		ib.mu.Unlock()
+		return // the broker delivers it again on the next connection
+	}
+	if len(ib.order) >= maxUnacked {
+		ib.mu.Unlock()
+		ib.s.killFor(fmt.Errorf("mqtt: %d received messages not acknowledged: the receiver is stuck; reconnecting", maxUnacked))
+		return
+	}
+	im := &inMsg{m: m}
+	ib.queue = append(ib.queue, im)
+	ib.order = append(ib.order, im)
+	ib.mu.Unlock()
+	select {
+	case ib.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run hands the queued messages to OnMessage until the inbox is closed.
+func (ib *inbox) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for {
+		ib.mu.Lock()
+		if ib.closed {
+			ib.mu.Unlock()
+			return
+		}
+		var im *inMsg
+		if len(ib.queue) > 0 {
+			im = ib.queue[0]
+			ib.queue[0] = nil
+			ib.queue = ib.queue[1:]
+		}
+		ib.mu.Unlock()
+		if im == nil {
+			<-ib.wake
+			continue
+		}
+		ib.l.cfg.OnMessage(Message{Topic: im.m.Topic(), Payload: im.m.Payload(),
+			ack: func() { ib.ack(im) }, nack: func() { ib.nack(im) }})
+	}
+}
+
+// close ends the connection's inbox: queued messages are dropped and
+// later Acks go nowhere (the broker delivers the unacknowledged messages
+// again on the next connection).
+func (ib *inbox) close() {
+	ib.mu.Lock()
+	ib.closed = true
+	ib.queue, ib.order = nil, nil
+	ib.mu.Unlock()
+	select {
+	case ib.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ack marks im handled and sends the PUBACKs of the handled messages at
+// the head of the receive order.
+func (ib *inbox) ack(im *inMsg) {
+	ib.mu.Lock()
+	if ib.closed || im.acked {
+		ib.mu.Unlock()
+		return
+	}
+	im.acked = true
+	n := 0
+	for n < len(ib.order) && ib.order[n].acked {
+		n++
+	}
+	ready := append([]*inMsg(nil), ib.order[:n]...)
+	ib.order = ib.order[n:]
+	ib.sendMu.Lock()
+	ib.mu.Unlock()
+	defer ib.sendMu.Unlock()
+	for _, r := range ready {
+		r.m.Ack()
+	}
+}
+
+// errNotStored is why a connection is dropped after a Nack.
+var errNotStored = errors.New("mqtt: a received message could not be handled: connection dropped so that the broker delivers it again")
+
+// nack drops the connection: the broker delivers im (and everything not
+// acknowledged before it) again on the next connection.
+func (ib *inbox) nack(*inMsg) {
+	ib.s.nacked.Store(true)
+	ib.s.killFor(errNotStored)
+}
