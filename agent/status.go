@@ -80,6 +80,7 @@ func (a *Agent) status(state, reason string) contract.Status {
 
 // statusPayload is the retained online status (without the local-only link and indicator).
 func (a *Agent) statusPayload() []byte {
+	a.publishedKey.Store(a.statusKey()) // what the broker will hold: the loop compares with it
 	s := a.status(contract.StateOnline, "")
 	s.Link, s.Indicator = nil, nil
 	b, _ := json.Marshal(s)
@@ -129,7 +130,6 @@ const (
 // steps, and compacts the store once a backlog has drained.
 func (a *Agent) statusLoop(ctx context.Context) error {
 	beat := a.heartbeat("status")
-	last := a.statusKey()
 	lastLine := ""
 	lastCompact := a.clk.Monotonic()
 	clock := newClockWatch(a.clk.Now(), a.clk.Monotonic())
@@ -138,8 +138,10 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 			a.clockJumped(jump, from, to)
 		}
 		beat()
-		if k := a.statusKey(); k != last {
-			last = k
+		// Compared with the status the link last published (on connect or on request), not with
+		// an earlier reading of the loop's: a change already published at connect is not
+		// published again, and a change made while away goes out once.
+		if k, _ := a.publishedKey.Load().(string); a.statusKey() != k {
 			a.link.UpdateStatus()
 		}
 		if line := a.statusLine(); line != lastLine && a.opts.Status != nil {

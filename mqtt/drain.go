@@ -82,7 +82,6 @@ type drain struct {
 	subIn    bool // the SUBSCRIBE is in fifo: draining waits for it
 	shutDone bool // the shutdown status was acknowledged
 	echoSubs []string
-	echoOff  bool // the echo topics were unsubscribed
 	proven   bool // an acknowledgement came and every stream's writes are checked
 
 	ackTimer    *time.Timer // fires when the oldest flight may have timed out
@@ -433,27 +432,37 @@ func (d *drain) collect() error {
 }
 
 // echoed takes a payload hash the broker delivered back on an echo topic:
-// the stream it was published on keeps what it acknowledges.
+// the stream it was published on keeps what it acknowledges. The stream's
+// echo topic is unsubscribed at once (the token is not awaited: a late
+// echo is simply ignored): echoes would double the traffic. Streams that
+// have not published yet keep theirs, which carries nothing meanwhile.
 func (d *drain) echoed(h uint64) {
-	done := true
 	for i := range d.streams {
 		st := &d.streams[i]
 		if !st.verified && st.probes[h] {
 			st.verified, st.probes = true, nil
 			d.nacks += len(st.acks)
+			d.c.Unsubscribe(st.Topic)
 			d.l.log.Debug("mqtt: write path checked", "stream", st.Name)
+			if d.unverifiedWithAcks() == 0 {
+				d.l.clearAlarm()
+			}
 		}
-		done = done && st.verified
-	}
-	if done && !d.echoOff && len(d.echoSubs) > 0 {
-		// Unsubscribed at once: the echoes would double the traffic. The
-		// token is not awaited: a late echo is simply ignored.
-		d.echoOff = true
-		d.c.Unsubscribe(d.echoSubs...)
-		d.l.clearAlarm()
 	}
 	d.checkProven()
 	d.scheduleFlush()
+}
+
+// unverifiedWithAcks counts the streams whose acknowledged items wait
+// for the write check.
+func (d *drain) unverifiedWithAcks() int {
+	n := 0
+	for i := range d.streams {
+		if st := &d.streams[i]; !st.verified && st.unverif > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // checkProven marks the connection proven once something was
