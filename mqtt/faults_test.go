@@ -219,9 +219,15 @@ func TestUnacknowledgedShutdownStatusLeavesTheWill(t *testing.T) {
 	_, stop := run(t, cfg, e.out)
 	obs.NextWith(t, mqtttest.Timeout, `{"state":"online"}`)
 	stop()
-	m := obs.Next(t, mqtttest.Timeout)
+	m := obs.NextMatch(t, mqtttest.Timeout, "a status other than online", func(m brokertest.Message) bool {
+		return string(m.Payload) != `{"state":"online"}`
+	})
 	if string(m.Payload) != `{"state":"offline","reason":"lost"}` {
 		t.Fatalf("after the stop the status topic got %q, want the last will", m.Payload)
+	}
+	late := brokertest.Subscribe(t, e.broker.URL(), cfg.StatusTopic, 4)
+	if m := late.Next(t, mqtttest.Timeout); string(m.Payload) != `{"state":"offline","reason":"lost"}` {
+		t.Fatalf("retained status after the stop = %q, want the last will", m.Payload)
 	}
 }
 
