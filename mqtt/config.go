@@ -74,8 +74,9 @@ type Config struct {
 	// a connection has proved itself: CONNACK, an acknowledgement, and the
 	// write check passed.
 	BackoffMin, BackoffMax time.Duration
-	// Window is the maximum number of outbox items published and not yet
-	// acknowledged, over all streams (default 32). The link holds at most
+	// Window is the maximum number of outbox items (and PublishNow
+	// messages) published and not yet acknowledged, over all streams
+	// (default 32). The link holds at most
 	// 2×Window items in memory; the backlog stays in the outbox.
 	Window int
 

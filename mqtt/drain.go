@@ -181,7 +181,7 @@ func (d *drain) run(ctx context.Context) error {
 		changed := d.l.out.Changed()
 		d.fill()
 		var now <-chan *nowMsg
-		if d.fifo.len() < d.window+8 {
+		if d.items < d.window { // PublishNow messages count against the window
 			now = d.l.nowReq
 		}
 		select {
@@ -196,6 +196,7 @@ func (d *drain) run(ctx context.Context) error {
 		case h := <-d.s.echo:
 			d.echoed(h)
 		case m := <-now:
+			d.items++
 			d.issue(flight{kind: kindNow, now: m}, d.c.Publish(m.topic, 1, false, m.payload))
 		case <-changed:
 			for i := range d.streams {
@@ -405,6 +406,7 @@ func (d *drain) collect() error {
 		case kindShutdown:
 			d.shutDone = true
 		case kindNow:
+			d.items--
 		case kindEcho:
 			d.checkSubscribed(fl.tok, 0)
 		case kindSubscribe:

@@ -2,7 +2,6 @@ package mqtt
 
 import (
 	"errors"
-	"fmt"
 	"sync"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -14,7 +13,9 @@ import (
 // One goroutine hands the messages to Config.OnMessage one at a time, in
 // receive order, and PUBACKs go out in receive order whatever order the
 // receiver acknowledges in: an acknowledged message waits for the ones
-// received before it.
+// received before it. At most maxUnacked messages wait for their Ack: a
+// broker that sends more (one with no limit on messages in flight) is
+// held back (paho stops reading) until the receiver catches up.
 type inbox struct {
 	l *Link
 	s *connState
@@ -24,8 +25,10 @@ type inbox struct {
 	order  []*inMsg // received, PUBACK not yet sent, in receive order
 	closed bool
 	wake   chan struct{}
+	room   chan struct{} // closed and replaced whenever PUBACKs leave
 
-	sendMu sync.Mutex // PUBACKs leave one prefix at a time
+	acks    []*inMsg      // handled in receive order, PUBACK not yet handed to paho
+	ackWake chan struct{} // wakes the acker
 }
 
 type inMsg struct {
@@ -34,24 +37,39 @@ type inMsg struct {
 }
 
 func newInbox(l *Link, s *connState) *inbox {
-	return &inbox{l: l, s: s, wake: make(chan struct{}, 1)}
+	return &inbox{l: l, s: s, wake: make(chan struct{}, 1), room: make(chan struct{}), ackWake: make(chan struct{}, 1)}
 }
 
-// onMessage is paho's handler for the subscribed topics. It never blocks.
-func (ib *inbox) onMessage(_ paho.Client, m paho.Message) {
+// onMessage is paho's handler for the subscribed topics. It never blocks
+// but while maxUnacked messages wait.
+func (ib *inbox) onMessage(c paho.Client, m paho.Message) {
+	if ib.l.streamTopics[m.Topic()] {
+		// A late echo of the write check, come after its topic was
+		// unsubscribed (paho then has no route for it): never a command.
+		ib.s.onEcho(c, m)
+		if m.Qos() > 0 {
+			m.Ack()
+		}
+		return
+	}
 	if ib.l.cfg.OnMessage == nil {
 		m.Ack() // nobody wants it: do not let the broker redeliver it forever
 		return
 	}
 	ib.mu.Lock()
+	for len(ib.order) >= maxUnacked && !ib.closed {
+		room := ib.room
+		ib.mu.Unlock()
+		select {
+		case <-room:
+		case <-ib.s.dead:
+			return // the broker delivers it again on the next connection
+		}
+		ib.mu.Lock()
+	}
 	if ib.closed {
 		ib.mu.Unlock()
 		return // the broker delivers it again on the next connection
-	}
-	if len(ib.order) >= maxUnacked {
-		ib.mu.Unlock()
-		ib.s.killFor(fmt.Errorf("mqtt: %d received messages not acknowledged: the receiver is stuck; reconnecting", maxUnacked))
-		return
 	}
 	im := &inMsg{m: m}
 	ib.queue = append(ib.queue, im)
@@ -66,6 +84,8 @@ func (ib *inbox) onMessage(_ paho.Client, m paho.Message) {
 // run hands the queued messages to OnMessage until the inbox is closed.
 func (ib *inbox) run(wg *sync.WaitGroup) {
 	defer wg.Done()
+	wg.Add(1)
+	go ib.acker(wg)
 	for {
 		ib.mu.Lock()
 		if ib.closed {
@@ -94,11 +114,43 @@ func (ib *inbox) run(wg *sync.WaitGroup) {
 func (ib *inbox) close() {
 	ib.mu.Lock()
 	ib.closed = true
-	ib.queue, ib.order = nil, nil
+	ib.queue, ib.order, ib.acks = nil, nil, nil
 	ib.mu.Unlock()
-	select {
-	case ib.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{ib.wake, ib.ackWake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// acker hands the PUBACKs to paho in receive order. paho's Ack waits for
+// its writer, which waits for the socket: on its own goroutine, so that
+// neither the receiver nor the room for more messages waits for the
+// network (a broker blocked writing to the station would otherwise never
+// read the PUBACKs that unblock it).
+func (ib *inbox) acker(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for {
+		ib.mu.Lock()
+		if ib.closed {
+			ib.mu.Unlock()
+			return
+		}
+		ready := ib.acks
+		ib.acks = nil
+		ib.mu.Unlock()
+		if len(ready) == 0 {
+			select {
+			case <-ib.ackWake:
+			case <-ib.s.dead:
+				return
+			}
+			continue
+		}
+		for _, r := range ready {
+			r.m.Ack()
+		}
 	}
 }
 
@@ -115,13 +167,18 @@ func (ib *inbox) ack(im *inMsg) {
 	for n < len(ib.order) && ib.order[n].acked {
 		n++
 	}
-	ready := append([]*inMsg(nil), ib.order[:n]...)
+	if n == 0 {
+		ib.mu.Unlock()
+		return
+	}
+	ib.acks = append(ib.acks, ib.order[:n]...)
 	ib.order = ib.order[n:]
-	ib.sendMu.Lock()
+	close(ib.room)
+	ib.room = make(chan struct{})
 	ib.mu.Unlock()
-	defer ib.sendMu.Unlock()
-	for _, r := range ready {
-		r.m.Ack()
+	select {
+	case ib.ackWake <- struct{}{}:
+	default:
 	}
 }
 

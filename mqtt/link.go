@@ -90,7 +90,7 @@ type Stats struct {
 	Connects  uint64    // successful connects
 	Failures  uint64    // failed connect attempts + lost connections
 	LastError string    // the last connect, connection or outbox error
-	InFlight  int       // outbox items published and not yet acknowledged
+	InFlight  int       // outbox items and PublishNow messages published and not yet acknowledged
 	Published uint64    // outbox items published (re-sends included)
 	Acked     uint64    // outbox items acknowledged and deleted
 	// Alarm is set while the broker acknowledges the station's publishes
@@ -105,9 +105,11 @@ const (
 	publisherWait = 500 * time.Millisecond
 	// disconnectQuiesce is the time paho gets to send DISCONNECT.
 	disconnectQuiesce = 250 // ms
-	// maxUnacked bounds the received messages awaiting their Ack; more
-	// means the receiver is stuck: the connection is dropped.
-	maxUnacked = 1024
+	// maxUnacked bounds the received messages awaiting their Ack (and so
+	// the memory they hold: commands are at most 64 KiB); while it is
+	// reached paho stops reading (see inbox). Mosquitto sends at most 20
+	// unacknowledged by default anyway.
+	maxUnacked = 64
 	// nowQueue is the number of PublishNow messages waiting for the drain.
 	nowQueue = 16
 )
@@ -121,9 +123,12 @@ type Link struct {
 	rand   func() float64
 
 	running   atomic.Bool
-	statusReq chan struct{}  // coalesced UpdateStatus requests
-	nowReq    chan *nowMsg   // PublishNow messages for the drain
-	pubs      sync.WaitGroup // receiver goroutines, one per connection
+	statusReq chan struct{} // coalesced UpdateStatus requests
+	nowReq    chan *nowMsg  // PublishNow messages for the drain
+	// streamTopics are the topics the link publishes its streams on: what
+	// arrives on them is an echo of the write check, never a command.
+	streamTopics map[string]bool
+	pubs         sync.WaitGroup // receiver goroutines, one per connection
 
 	published atomic.Uint64
 	acked     atomic.Uint64
@@ -157,18 +162,22 @@ func New(cfg Config, out Outbox) (*Link, error) {
 		return nil, err
 	}
 	l := &Link{
-		cfg:       cfg,
-		broker:    b,
-		out:       out,
-		log:       cfg.Logger,
-		rand:      cfg.Rand,
-		statusReq: make(chan struct{}, 1),
-		nowReq:    make(chan *nowMsg, nowQueue),
-		since:     time.Now(),
-		changed:   make(chan struct{}),
+		cfg:          cfg,
+		broker:       b,
+		out:          out,
+		log:          cfg.Logger,
+		rand:         cfg.Rand,
+		statusReq:    make(chan struct{}, 1),
+		nowReq:       make(chan *nowMsg, nowQueue),
+		streamTopics: make(map[string]bool),
+		since:        time.Now(),
+		changed:      make(chan struct{}),
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
+	}
+	for _, st := range l.cfg.Streams {
+		l.streamTopics[st.Topic] = true
 	}
 	if l.rand == nil {
 		l.rand = rand.Float64
@@ -564,7 +573,8 @@ func (l *Link) noteFailure(err error, wasUp bool, streak int, wait time.Duration
 type connState struct {
 	lost     chan struct{} // closed when paho reports the connection lost
 	lostOnce sync.Once
-	echo     chan uint64 // payload hashes delivered on the echo topics
+	echo     chan uint64   // payload hashes delivered on the echo topics
+	dead     chan struct{} // closed when the link closes the socket
 	in       *inbox
 
 	acked  atomic.Bool // something was acknowledged on this connection
@@ -580,7 +590,7 @@ type connState struct {
 }
 
 func newConnState(l *Link) *connState {
-	s := &connState{lost: make(chan struct{}), echo: make(chan uint64, 64)}
+	s := &connState{lost: make(chan struct{}), echo: make(chan uint64, 64), dead: make(chan struct{})}
 	s.in = newInbox(l, s)
 	return s
 }
@@ -639,6 +649,9 @@ func (s *connState) setConn(c *killConn) bool {
 // last will). paho then reports the connection lost.
 func (s *connState) kill() {
 	s.mu.Lock()
+	if !s.killed {
+		close(s.dead)
+	}
 	s.killed = true
 	c := s.conn
 	s.mu.Unlock()
