@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"station.dev/agent/agent/command"
@@ -84,6 +85,8 @@ var ErrRestart = errors.New("agent: restart requested by a fleet command")
 
 // Agent is the running station agent.
 type Agent struct {
+	publishedKey atomic.Value // statusKey of the last online status built for the link
+
 	cfg    *config.Config
 	base   *config.Config
 	opts   Options

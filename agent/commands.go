@@ -51,7 +51,8 @@ func (c *commandStats) snapshot() contract.CommandStats {
 	return contract.CommandStats{Received: c.received.Load(), Executed: c.executed.Load(), Refused: c.refused.Load(), Dropped: c.dropped.Load()}
 }
 
-// onMessage runs on the link's receive path: store, acknowledge, wake the worker.
+// onMessage runs on the link's receiver goroutine (off paho's receive path), one message at a
+// time: store, acknowledge, wake the worker.
 func (a *Agent) onMessage(m mqtt.Message) {
 	a.cmds.stats.received.Add(1)
 	if m.Retained {
@@ -89,6 +90,7 @@ func (a *Agent) onMessage(m mqtt.Message) {
 	if err != nil {
 		// Not acknowledged: the broker delivers it again after the next reconnect.
 		a.hostile.Warn("could not store a received command; it will be delivered again", "err", err)
+		m.Nack() // the link reconnects: the broker delivers it again now, not days later
 		return
 	}
 	m.Ack()

@@ -73,8 +73,8 @@ func TestLinkHooks(t *testing.T) {
 		t.Fatalf("streams %v", streams)
 	}
 	var will, bye contract.Offline
-	if err := json.Unmarshal(hooks.WillPayload, &will); err != nil || will.Reason != contract.ReasonLost || will.BootID != h.a.bootID {
-		t.Fatalf("will %s", hooks.WillPayload)
+	if err := json.Unmarshal(hooks.Will(), &will); err != nil || will.Reason != contract.ReasonLost || will.BootID != h.a.bootID {
+		t.Fatalf("will %s", hooks.Will())
 	}
 	if err := json.Unmarshal(hooks.ShutdownStatus(), &bye); err != nil || bye.Reason != contract.ReasonShutdown || bye.State != contract.StateOffline {
 		t.Fatalf("shutdown status %+v", bye)

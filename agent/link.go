@@ -21,12 +21,13 @@ type Link interface {
 type LinkHooks struct {
 	StatusTopic    string
 	Status         func() []byte // the retained online status
-	WillPayload    []byte        // the last will: offline, lost
+	Will           func() []byte // the last will of each connection: offline, lost
 	ShutdownStatus func() []byte // the retained status of a clean stop
 	Streams        []mqtt.Stream
 	Subscriptions  []string
 	OnMessage      func(mqtt.Message)
-	Progress       func() // watchdog progress of the link loop
+	OnUndelivered  func(topic string, payload []byte) // PublishNow messages a lost connection did not deliver
+	Progress       func()                             // watchdog progress of the link loop
 	Outbox         mqtt.Outbox
 }
 
@@ -35,8 +36,9 @@ type LinkHooks struct {
 func MQTTLink(base mqtt.Config) func(LinkHooks) (Link, error) {
 	return func(h LinkHooks) (Link, error) {
 		c := base
-		c.StatusTopic, c.Status, c.WillPayload, c.ShutdownStatus = h.StatusTopic, h.Status, h.WillPayload, h.ShutdownStatus
+		c.StatusTopic, c.Status, c.Will, c.ShutdownStatus = h.StatusTopic, h.Status, h.Will, h.ShutdownStatus
 		c.Streams, c.Subscriptions, c.OnMessage, c.Progress = h.Streams, h.Subscriptions, h.OnMessage, h.Progress
+		c.OnUndelivered = h.OnUndelivered
 		return mqtt.New(c, h.Outbox)
 	}
 }
@@ -45,7 +47,7 @@ func (a *Agent) linkHooks() LinkHooks {
 	return LinkHooks{
 		StatusTopic:    a.topics.Status,
 		Status:         a.statusPayload,
-		WillPayload:    a.offlinePayload(contract.ReasonLost),
+		Will:           func() []byte { return a.offlinePayload(contract.ReasonLost) },
 		ShutdownStatus: func() []byte { return a.offlinePayload(contract.ReasonShutdown) },
 		Streams: []mqtt.Stream{
 			{Name: string(store.Events), Topic: a.topics.Events, QoS: 1},
@@ -55,8 +57,20 @@ func (a *Agent) linkHooks() LinkHooks {
 		Subscriptions: []string{a.topics.Cmd, a.topics.FleetCmd},
 		Progress:      a.heartbeat("link"),
 		OnMessage:     a.onMessage,
+		OnUndelivered: a.telemetryUndelivered,
 		Outbox:        outbox{a.store, a.storeFailed},
 	}
+}
+
+// telemetryUndelivered keeps a heartbeat that a lost connection took but never delivered, as
+// if it had been made offline.
+func (a *Agent) telemetryUndelivered(topic string, b []byte) {
+	if topic != a.topics.Telemetry {
+		return
+	}
+	a.tel.mu.Lock()
+	a.tel.buf = append(a.tel.buf, b)
+	a.tel.mu.Unlock()
 }
 
 // outbox adapts the store to the link's Outbox interface.

@@ -66,7 +66,7 @@ func (a *Agent) status(state, reason string) contract.Status {
 		Link: &contract.LinkStatus{
 			Broker: a.cfg.MQTT.Broker, Connected: ls.Connected, Connects: ls.Connects,
 			Failures: ls.Failures, LastError: ls.LastError, InFlight: ls.InFlight,
-			Published: ls.Published, Acked: ls.Acked,
+			Published: ls.Published, Acked: ls.Acked, Alarm: ls.Alarm,
 		},
 		Components: a.components(), Environment: a.environment(), Indicator: a.indicatorState(),
 		Door: a.doorStatus(), Insecure: a.cfg.Insecure(a.keys().Len()), Update: a.updateStatus(),
@@ -74,11 +74,19 @@ func (a *Agent) status(state, reason string) contract.Status {
 	if !ls.Since.IsZero() {
 		s.Link.Since = rfc3339(ls.Since)
 	}
+	if ls.Alarm != "" {
+		// In the retained status too: the broker may still take it while it drops records.
+		if s.Components == nil {
+			s.Components = map[string]contract.ComponentHealth{}
+		}
+		s.Components[linkComponent] = contract.ComponentHealth{State: contract.HealthDegraded, Detail: "records not delivered: kept on the station", LastError: ls.Alarm}
+	}
 	return s
 }
 
 // statusPayload is the retained online status (without the local-only link and indicator).
 func (a *Agent) statusPayload() []byte {
+	a.publishedKey.Store(a.statusKey()) // what the broker will hold: the loop compares with it
 	s := a.status(contract.StateOnline, "")
 	s.Link, s.Indicator = nil, nil
 	b, _ := json.Marshal(s)
@@ -95,6 +103,9 @@ func (a *Agent) offlinePayload(reason string) []byte {
 	return b
 }
 
+// linkComponent names the broker link among the status's components when it raises an alarm.
+const linkComponent = "broker_link"
+
 // statusKey is what, when it changes, makes the retained status worth republishing.
 func (a *Agent) statusKey() string {
 	var b strings.Builder
@@ -104,6 +115,9 @@ func (a *Agent) statusKey() string {
 	}
 	if d := a.doorStatus(); d != nil && d.Open {
 		b.WriteString("/door-open")
+	}
+	if a.link.Stats().Alarm != "" {
+		b.WriteString("/link-alarm")
 	}
 	comps := a.components()
 	for _, name := range slices.Sorted(maps.Keys(comps)) {
@@ -122,7 +136,6 @@ const (
 // steps, and compacts the store once a backlog has drained.
 func (a *Agent) statusLoop(ctx context.Context) error {
 	beat := a.heartbeat("status")
-	last := a.statusKey()
 	lastLine := ""
 	lastCompact := a.clk.Monotonic()
 	clock := newClockWatch(a.clk.Now(), a.clk.Monotonic())
@@ -131,8 +144,10 @@ func (a *Agent) statusLoop(ctx context.Context) error {
 			a.clockJumped(jump, from, to)
 		}
 		beat()
-		if k := a.statusKey(); k != last {
-			last = k
+		// Compared with the status the link last published (on connect or on request), not with
+		// an earlier reading of the loop's: a change already published at connect is not
+		// published again, and a change made while away goes out once.
+		if k, _ := a.publishedKey.Load().(string); a.statusKey() != k {
 			a.link.UpdateStatus()
 		}
 		if line := a.statusLine(); line != lastLine && a.opts.Status != nil {
@@ -198,6 +213,9 @@ func (a *Agent) statusLine() string {
 	line := fmt.Sprintf("%s, %d waiting, reader %s", link, q.Depth, a.readerHealth().State)
 	if q.Full {
 		line += ", STORE FULL"
+	}
+	if a.link.Stats().Alarm != "" {
+		line += ", BROKER DROPS RECORDS"
 	}
 	return line
 }

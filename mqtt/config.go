@@ -16,7 +16,6 @@ import (
 const (
 	DefaultKeepAlive      = 30 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
-	DefaultAckTimeout     = 30 * time.Second
 	DefaultBackoffMin     = 1 * time.Second
 	DefaultBackoffMax     = 2 * time.Minute
 	DefaultWindow         = 32
@@ -55,23 +54,29 @@ type Config struct {
 	CAFile, CertFile, KeyFile string
 
 	// KeepAlive is the MQTT keep-alive interval (whole seconds, at least
-	// 1s; default 30s).
+	// 1s; default 30s). It also sets how fast a dead connection is
+	// noticed: after KeepAlive without a packet from the broker (the link
+	// pings after KeepAlive/3 of silence), and bounds every socket write
+	// to KeepAlive/2.
 	KeepAlive time.Duration
 	// ConnectTimeout bounds the TCP dial, the TLS handshake and the wait
-	// for CONNACK (default 10s). It also bounds the wait for a PINGRESP
-	// and, together with AckTimeout, a blocked socket write.
+	// for CONNACK (default 10s).
 	ConnectTimeout time.Duration
 	// AckTimeout: a publish or subscribe that gets no acknowledgement for
 	// this long means the connection is broken; the link drops it and
-	// reconnects (default 30s).
+	// reconnects. It also bounds the write check (see Link). Default:
+	// KeepAlive.
 	AckTimeout time.Duration
 	// BackoffMin and BackoffMax bound the wait between connect attempts:
-	// exponential from BackoffMin, capped at BackoffMax, with full jitter
-	// (defaults 1s and 2m). The backoff starts again from BackoffMin after
-	// a connection that stayed up for min(BackoffMax, 1m).
+	// exponential from BackoffMin, capped at BackoffMax and at half the
+	// time since the last proven connection was lost, with full jitter
+	// (defaults 1s and 2m). The backoff starts again from BackoffMin once
+	// a connection has proved itself: CONNACK, an acknowledgement, and the
+	// write check passed.
 	BackoffMin, BackoffMax time.Duration
-	// Window is the maximum number of outbox items published and not yet
-	// acknowledged, over all streams (default 32). The link holds at most
+	// Window is the maximum number of outbox items (and PublishNow
+	// messages) published and not yet acknowledged, over all streams
+	// (default 32). The link holds at most
 	// 2×Window items in memory; the backlog stays in the outbox.
 	Window int
 
@@ -85,6 +90,9 @@ type Config struct {
 	// StatusTopic by the broker when the connection is lost without a
 	// clean DISCONNECT. Nil means no will.
 	WillPayload []byte
+	// Will, if set, returns the last will for each new connection (so
+	// that its timestamp is the connection's) instead of WillPayload.
+	Will func() []byte
 	// ShutdownStatus returns the status published retained with QoS 1
 	// when Run stops cleanly, before DISCONNECT.
 	ShutdownStatus func() []byte
@@ -95,12 +103,23 @@ type Config struct {
 	// connect. The session is persistent: messages published while the
 	// link is away are delivered when it comes back.
 	Subscriptions []string
-	// OnMessage receives messages on the subscribed topics. It runs on
-	// the connection's receive path and must not block long: hand the
-	// message over and return. Call Message.Ack once the message is
-	// safely handled (stored); an unacknowledged message is delivered
-	// again after the next reconnect. Required with Subscriptions.
+	// OnMessage receives messages on the subscribed topics, one at a
+	// time in receive order, on a goroutine of the link's (not paho's
+	// receive path: it may take its time). Call Message.Ack once the
+	// message is safely handled (stored), or Message.Nack if it could not
+	// be: the connection is then dropped so that the broker delivers it
+	// again at once. Required with Subscriptions.
 	OnMessage func(Message)
+
+	// OnUndelivered receives the PublishNow messages that were handed to
+	// a connection that was lost before their PUBACK came. It must not
+	// block.
+	OnUndelivered func(topic string, payload []byte)
+
+	// SkipWriteCheck turns the write check off (see Link): items are then
+	// deleted on their PUBACK alone. Only for brokers that reject what
+	// they do not keep, or where the station may not read its own topics.
+	SkipWriteCheck bool
 
 	// Logger receives connection events; nil means quiet.
 	Logger *slog.Logger
@@ -172,7 +191,7 @@ func (cfg *Config) normalize() (brokerconn.Broker, error) {
 	}{
 		{"keep-alive", &cfg.KeepAlive, DefaultKeepAlive},
 		{"connect timeout", &cfg.ConnectTimeout, DefaultConnectTimeout},
-		{"ack timeout", &cfg.AckTimeout, DefaultAckTimeout},
+		{"ack timeout", &cfg.AckTimeout, 0},
 		{"minimum backoff", &cfg.BackoffMin, DefaultBackoffMin},
 		{"maximum backoff", &cfg.BackoffMax, DefaultBackoffMax},
 	}
@@ -186,6 +205,9 @@ func (cfg *Config) normalize() (brokerconn.Broker, error) {
 	}
 	if cfg.KeepAlive < time.Second || cfg.KeepAlive > 65535*time.Second {
 		return brokerconn.Broker{}, fmt.Errorf("mqtt: keep-alive %v is outside 1s..65535s", cfg.KeepAlive)
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = cfg.KeepAlive
 	}
 	if cfg.BackoffMin > cfg.BackoffMax {
 		return brokerconn.Broker{}, fmt.Errorf("mqtt: minimum backoff %v is larger than maximum backoff %v", cfg.BackoffMin, cfg.BackoffMax)
@@ -201,7 +223,7 @@ func (cfg *Config) normalize() (brokerconn.Broker, error) {
 		if err := checkTopic("status topic", cfg.StatusTopic); err != nil {
 			return brokerconn.Broker{}, err
 		}
-	} else if cfg.Status != nil || cfg.WillPayload != nil || cfg.ShutdownStatus != nil {
+	} else if cfg.Status != nil || cfg.WillPayload != nil || cfg.Will != nil || cfg.ShutdownStatus != nil {
 		return brokerconn.Broker{}, errors.New("mqtt: status, last will or shutdown status given without a status topic")
 	}
 

@@ -3,7 +3,7 @@ package mqtt
 import (
 	"context"
 	"fmt"
-	"sync"
+	"hash/fnv"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -12,11 +12,15 @@ import (
 
 const (
 	// deleteBatch is the number of acknowledged items that triggers an
-	// outbox Delete (each Delete is an fsync in the store).
-	deleteBatch = 256
+	// outbox Delete (each Delete is a commit, with its fsyncs, in the
+	// store). While a backlog drains, acknowledgements come faster than
+	// commits: a large batch makes few commits. A power cut may send up to
+	// a batch again (duplicates, which consumers drop by id).
+	deleteBatch = 2048
 	// deleteDelay bounds how long an acknowledged item waits for its
-	// Delete when the batch does not fill.
-	deleteDelay = 5 * time.Millisecond
+	// Delete while the window is busy; once nothing is in flight the
+	// acknowledged items are deleted at once.
+	deleteDelay = 50 * time.Millisecond
 )
 
 // Kinds of flights that are not outbox items (those have kind >= 0: the
@@ -25,23 +29,17 @@ const (
 	kindStatus    = -1 // online status
 	kindSubscribe = -2 // the SUBSCRIBE of all filters
 	kindShutdown  = -3 // shutdown status
+	kindNow       = -4 // a PublishNow message
+	kindEcho      = -5 // the SUBSCRIBE of the write check's echo topics
 )
 
 // flight is a paho operation awaiting its acknowledgement.
 type flight struct {
-	tok  paho.Token // nil until the publisher goroutine has issued it
+	tok  paho.Token
 	sent time.Time
 	kind int // stream index, or one of the kinds above
 	seq  uint64
-}
-
-// op is a paho operation for the publisher goroutine.
-type op struct {
-	topic    string
-	qos      byte
-	retained bool
-	payload  []byte
-	filters  map[string]byte // set: a SUBSCRIBE
+	now  *nowMsg // kindNow only
 }
 
 // streamState is the per-connection drain state of one stream.
@@ -51,108 +49,117 @@ type streamState struct {
 	pending   []Item   // read, not yet published, ascending
 	exhausted bool     // the last Read came back short: wait for Changed
 	acks      []uint64 // acknowledged, not yet handed to the deleter
+
+	// The write check (see Link): until the broker has delivered one of
+	// this connection's publishes of the stream back to the link, its
+	// acknowledged items are kept (acks) and at most a window of them is
+	// published.
+	verified bool
+	probes   map[uint64]bool // hashes of the payloads published unverified
+	unverif  int             // items published while unverified
+	firstAck time.Time       // when the first unverified item was acknowledged
 }
 
 // drain publishes the outbox on one connection. It runs on Run's
-// goroutine; the paho calls, which can block for up to the write timeout
-// when the connection drops under them, run on a publisher goroutine so
-// that the drain notices a lost connection at once.
+// goroutine and calls paho directly: paho's writer goroutine is the only
+// hand-off between the outbox and the socket. A paho call blocks at most
+// the write timeout (KeepAlive/2) when the connection stalls under it.
 type drain struct {
 	l      *Link
+	c      paho.Client
 	s      *connState
 	dels   *deleter
 	window int
 
-	ops  chan op         // to the publisher, in order
-	toks chan paho.Token // from the publisher, in the same order
-
 	streams  []streamState
 	next     int  // round robin: the stream served next
 	fifo     ring // flights in the order they were issued
-	issued   int  // flights at the head of fifo that have their token
 	items    int  // outbox items in fifo: the window in use
 	held     int  // outbox items in memory: items + pending
-	nacks    int  // items in streams' acks
+	nacks    int  // deletable items in streams' acks
 	statusIn bool // an online status is in fifo
 	wantStat bool // an online status is to be published
 	subIn    bool // the SUBSCRIBE is in fifo: draining waits for it
 	shutDone bool // the shutdown status was acknowledged
+	echoSubs []string
+	proven   bool // an acknowledgement came and every stream's writes are checked
 
-	ackTimer   *time.Timer // fires when the oldest flight may have timed out
-	ackArmed   bool
-	flushTimer *time.Timer
-	flushArmed bool
-	retryTimer *time.Timer // fires when a failed Read may be retried
-	retryArmed bool
-	readFails  int
+	ackTimer    *time.Timer // fires when the oldest flight may have timed out
+	ackArmed    bool
+	flushTimer  *time.Timer
+	flushArmed  bool
+	retryTimer  *time.Timer // fires when a failed Read may be retried
+	retryArmed  bool
+	verifyTimer *time.Timer // fires when an unverified stream's echo is overdue
+	verifyArmed bool
+	readFails   int
 }
 
 func newDrain(l *Link, c paho.Client, s *connState, dels *deleter) *drain {
-	// Everything in fifo without a token is in ops or toks: at most the
-	// window plus one status, the SUBSCRIBE and the shutdown status. So
-	// neither channel ever blocks its sender.
-	depth := l.cfg.Window + 3
 	d := &drain{
-		l:          l,
-		s:          s,
-		dels:       dels,
-		window:     l.cfg.Window,
-		ops:        make(chan op, depth),
-		toks:       make(chan paho.Token, depth),
-		streams:    make([]streamState, len(l.cfg.Streams)),
-		ackTimer:   time.NewTimer(time.Hour),
-		flushTimer: time.NewTimer(time.Hour),
-		retryTimer: time.NewTimer(time.Hour),
+		l:           l,
+		c:           c,
+		s:           s,
+		dels:        dels,
+		window:      l.cfg.Window,
+		streams:     make([]streamState, len(l.cfg.Streams)),
+		ackTimer:    time.NewTimer(time.Hour),
+		flushTimer:  time.NewTimer(time.Hour),
+		retryTimer:  time.NewTimer(time.Hour),
+		verifyTimer: time.NewTimer(time.Hour),
 	}
 	d.ackTimer.Stop()
 	d.flushTimer.Stop()
 	d.retryTimer.Stop()
+	d.verifyTimer.Stop()
 	for i, st := range l.cfg.Streams {
 		// Every connection starts from the beginning of the outbox: all
 		// unacknowledged items are sent again, in seq order.
 		d.streams[i] = streamState{Stream: st}
-	}
-	l.pubs.Add(1)
-	go publisher(c, d.ops, d.toks, &l.pubs)
-	return d
-}
-
-// publisher issues the operations in order and returns their tokens in
-// the same order. It ends when ops is closed.
-func publisher(c paho.Client, ops <-chan op, toks chan<- paho.Token, wg *sync.WaitGroup) {
-	defer wg.Done()
-	for o := range ops {
-		if o.filters != nil {
-			toks <- c.SubscribeMultiple(o.filters, nil) // nil: the default handler
+		if st.QoS == 0 || l.cfg.SkipWriteCheck {
+			d.streams[i].verified = true
 		} else {
-			toks <- c.Publish(o.topic, o.qos, o.retained, o.payload)
+			d.streams[i].probes = make(map[uint64]bool)
+			d.echoSubs = append(d.echoSubs, st.Topic)
 		}
 	}
+	return d
 }
 
 // run serves the connection: status, subscriptions, then the outbox until
 // the connection is lost or broken (error) or ctx is cancelled (clean
-// shutdown, nil). c is used for the final Disconnect only.
-func (d *drain) run(ctx context.Context, c paho.Client) error {
+// shutdown, nil).
+func (d *drain) run(ctx context.Context) error {
 	defer func() {
-		close(d.ops)
 		d.ackTimer.Stop()
 		d.flushTimer.Stop()
 		d.retryTimer.Stop()
-		// PUBACKed items are acknowledged whatever happens next.
+		d.verifyTimer.Stop()
+		// PUBACKed items of checked streams are acknowledged whatever
+		// happens next; PublishNow messages without a PUBACK go back.
 		d.flush()
+		d.undelivered()
 	}()
 
 	// Deletes of items acknowledged on the previous connection must be
 	// done before the outbox is read again, or they would be sent again.
 	if d.dels.sync(ctx) != nil {
-		return d.shutdown(c)
+		return d.shutdown()
 	}
 	select { // a request made while disconnected is served right here
 	case <-d.l.statusReq:
 	default:
 	}
-	// Status first, then the subscriptions, then the outbox.
+	// The echo subscription first, then status, the subscriptions and the
+	// outbox. The echo subscription goes before any publish: the broker handles a
+	// connection's packets in order, so it is in place for the first one.
+	if len(d.echoSubs) > 0 {
+		filters := make(map[string]byte, len(d.echoSubs))
+		for _, f := range d.echoSubs {
+			filters[f] = 0
+		}
+		d.issue(flight{kind: kindEcho}, d.c.SubscribeMultiple(filters, d.s.onEcho))
+	}
 	subs := d.l.cfg.Subscriptions
 	d.wantStat = d.l.cfg.StatusTopic != "" && d.l.cfg.Status != nil
 	d.subIn = len(subs) > 0 // holds the outbox back
@@ -162,35 +169,35 @@ func (d *drain) run(ctx context.Context, c paho.Client) error {
 		for _, f := range subs {
 			filters[f] = 1
 		}
-		d.issue(flight{kind: kindSubscribe}, op{filters: filters})
+		d.issue(flight{kind: kindSubscribe}, d.c.SubscribeMultiple(filters, nil)) // nil: the default handler
 	}
 
 	progress := time.NewTicker(ProgressInterval)
 	defer progress.Stop()
+	live := time.NewTicker(d.l.liveCheck())
+	defer live.Stop()
 	for {
 		d.l.progress()
 		changed := d.l.out.Changed()
 		d.fill()
-		d.takeTokens()
-		// Tokens are waited for only when the head has none: otherwise
-		// they are taken along at the next wake-up, which saves one
-		// wake-up per publish.
-		var toks <-chan paho.Token
-		if d.issued == 0 && d.fifo.len() > 0 {
-			toks = d.toks
+		var now <-chan *nowMsg
+		if d.items < d.window { // PublishNow messages count against the window
+			now = d.l.nowReq
 		}
 		select {
 		case <-ctx.Done():
-			return d.shutdown(c)
+			return d.shutdown()
 		case <-d.s.lost:
 			return d.s.err()
-		case tok := <-toks:
-			d.fifo.at(d.issued).tok = tok
-			d.issued++
 		case <-d.ackedDone():
 			if err := d.collect(); err != nil {
 				return err
 			}
+		case h := <-d.s.echo:
+			d.echoed(h)
+		case m := <-now:
+			d.items++
+			d.issue(flight{kind: kindNow, now: m}, d.c.Publish(m.topic, 1, false, m.payload))
 		case <-changed:
 			for i := range d.streams {
 				d.streams[i].exhausted = false
@@ -202,6 +209,11 @@ func (d *drain) run(ctx context.Context, c paho.Client) error {
 			if err := d.checkAckTimeout(); err != nil {
 				return err
 			}
+		case <-d.verifyTimer.C:
+			d.verifyArmed = false
+			if err := d.checkVerify(); err != nil {
+				return err
+			}
 		case <-d.flushTimer.C:
 			d.flushArmed = false
 			d.flush()
@@ -210,43 +222,33 @@ func (d *drain) run(ctx context.Context, c paho.Client) error {
 			for i := range d.streams {
 				d.streams[i].exhausted = false
 			}
+		case <-live.C:
+			if err := d.s.checkLive(d.l.cfg.KeepAlive); err != nil {
+				return err
+			}
 		case <-progress.C:
 		}
 	}
 }
 
-// takeTokens takes the tokens the publisher has returned so far.
-func (d *drain) takeTokens() {
-	for d.issued < d.fifo.len() {
-		select {
-		case tok := <-d.toks:
-			d.fifo.at(d.issued).tok = tok
-			d.issued++
-		default:
-			return
-		}
-	}
-}
-
-// ackedDone returns the Done channel of the oldest issued flight, nil if
-// none. The drain wakes for every acknowledgement and refills the window
-// at once. (Waking once per batch of acknowledgements costs less CPU but
+// ackedDone returns the Done channel of the oldest flight, nil if none.
+// The drain wakes for every acknowledgement and refills the window at
+// once. (Waking once per batch of acknowledgements costs less CPU but
 // stalls against brokers that leave Nagle's algorithm on, as Mosquitto
 // does by default: while the link sends nothing its TCP ACKs are delayed,
 // and the broker holds its PUBACKs back until they come.)
 func (d *drain) ackedDone() <-chan struct{} {
-	if d.issued == 0 {
+	if d.fifo.len() == 0 {
 		return nil
 	}
 	return d.fifo.front().tok.Done()
 }
 
-// issue appends a flight to the FIFO and hands its operation to the
-// publisher.
-func (d *drain) issue(f flight, o op) {
+// issue appends a flight with its token to the FIFO.
+func (d *drain) issue(f flight, tok paho.Token) {
+	f.tok = tok
 	f.sent = time.Now()
 	d.fifo.push(f)
-	d.ops <- o
 	if !d.ackArmed {
 		d.ackTimer.Reset(d.l.cfg.AckTimeout)
 		d.ackArmed = true
@@ -259,7 +261,7 @@ func (d *drain) issue(f flight, o op) {
 func (d *drain) fill() {
 	if d.wantStat && !d.statusIn {
 		cfg := &d.l.cfg
-		d.issue(flight{kind: kindStatus}, op{topic: cfg.StatusTopic, qos: 1, retained: true, payload: cfg.Status()})
+		d.issue(flight{kind: kindStatus}, d.c.Publish(cfg.StatusTopic, 1, true, cfg.Status()))
 		d.statusIn, d.wantStat = true, false
 	}
 	if d.subIn {
@@ -271,6 +273,9 @@ func (d *drain) fill() {
 		for k := 0; k < n && d.items < d.window; k++ {
 			i := (d.next + k) % n
 			st := &d.streams[i]
+			if !st.verified && st.unverif >= d.window {
+				continue // until the broker shows it keeps them
+			}
 			if len(st.pending) == 0 {
 				if st.exhausted {
 					continue
@@ -342,7 +347,8 @@ func (d *drain) read(st *streamState) error {
 	return nil
 }
 
-// publish issues the next pending item of stream i.
+// publish issues the next pending item of stream i. The payload goes to
+// paho as it came from the outbox: no copy.
 func (d *drain) publish(i int) {
 	st := &d.streams[i]
 	it := st.pending[0]
@@ -353,7 +359,18 @@ func (d *drain) publish(i int) {
 	}
 	d.items++
 	d.l.published.Add(1)
-	d.issue(flight{kind: i, seq: it.Seq}, op{topic: st.Topic, qos: st.QoS, payload: it.Payload})
+	if !st.verified {
+		st.unverif++
+		st.probes[payloadHash(it.Payload)] = true
+	}
+	d.issue(flight{kind: i, seq: it.Seq}, d.c.Publish(st.Topic, st.QoS, false, it.Payload))
+}
+
+// payloadHash identifies a payload for the write check.
+func payloadHash(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }
 
 // collect takes completed flights off the head of the FIFO. Brokers
@@ -365,8 +382,7 @@ func (d *drain) publish(i int) {
 // an error only on Disconnect), and a token it could not send fails.
 func (d *drain) collect() error {
 	defer d.l.inflight.Store(int64(d.items))
-	d.takeTokens()
-	for d.issued > 0 {
+	for d.fifo.len() > 0 {
 		f := d.fifo.front()
 		select {
 		case <-f.tok.Done():
@@ -383,39 +399,140 @@ func (d *drain) collect() error {
 			}
 		}
 		fl := d.fifo.pop()
-		d.issued--
+		d.s.acked.Store(true)
 		switch fl.kind {
 		case kindStatus:
 			d.statusIn = false
 		case kindShutdown:
 			d.shutDone = true
+		case kindNow:
+			d.items--
+		case kindEcho:
+			d.checkSubscribed(fl.tok, 0)
 		case kindSubscribe:
 			d.subIn = false
-			d.checkSubscribed(fl.tok)
+			d.checkSubscribed(fl.tok, 1)
 		default:
 			d.items--
 			d.held--
 			st := &d.streams[fl.kind]
 			st.acks = append(st.acks, fl.seq)
-			d.nacks++
+			if st.verified {
+				d.nacks++
+			} else if st.firstAck.IsZero() {
+				st.firstAck = time.Now()
+				if !d.verifyArmed {
+					d.verifyTimer.Reset(d.l.cfg.AckTimeout)
+					d.verifyArmed = true
+				}
+			}
 		}
 	}
+	d.checkProven()
 	d.scheduleFlush()
 	return nil
 }
 
-// checkSubscribed reports filters the broker refused. They are not
-// retried: the outbox must drain regardless.
-func (d *drain) checkSubscribed(tok paho.Token) {
+// echoed takes a payload hash the broker delivered back on an echo topic:
+// the stream it was published on keeps what it acknowledges. The stream's
+// echo topic is unsubscribed at once (the token is not awaited: a late
+// echo is simply ignored): echoes would double the traffic. Streams that
+// have not published yet keep theirs, which carries nothing meanwhile.
+func (d *drain) echoed(h uint64) {
+	for i := range d.streams {
+		st := &d.streams[i]
+		if !st.verified && st.probes[h] {
+			st.verified, st.probes = true, nil
+			d.nacks += len(st.acks)
+			d.c.Unsubscribe(st.Topic)
+			d.l.log.Debug("mqtt: write path checked", "stream", st.Name)
+			if d.unverifiedWithAcks() == 0 {
+				d.l.clearAlarm()
+			}
+		}
+	}
+	d.checkProven()
+	d.scheduleFlush()
+}
+
+// unverifiedWithAcks counts the streams whose acknowledged items wait
+// for the write check.
+func (d *drain) unverifiedWithAcks() int {
+	n := 0
+	for i := range d.streams {
+		if st := &d.streams[i]; !st.verified && st.unverif > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// checkProven marks the connection proven once something was
+// acknowledged on it and every stream that published on it has had its
+// writes checked.
+func (d *drain) checkProven() {
+	if d.proven || !d.s.acked.Load() {
+		return
+	}
+	for i := range d.streams {
+		if st := &d.streams[i]; !st.verified && st.unverif > 0 {
+			return
+		}
+	}
+	d.proven = true
+	d.s.proven.Store(true)
+}
+
+// checkVerify fails the connection when a stream's acknowledged items
+// have not come back on its echo topic within AckTimeout: the broker
+// acknowledges but drops them (an ACL under MQTT 3.1.1, a quota). The
+// items stay in the outbox; the next connection checks again.
+func (d *drain) checkVerify() error {
+	var oldest time.Time
+	for i := range d.streams {
+		st := &d.streams[i]
+		if st.verified || st.firstAck.IsZero() {
+			continue
+		}
+		if age := time.Since(st.firstAck); age >= d.l.cfg.AckTimeout {
+			err := fmt.Errorf("mqtt: the broker acknowledged %d publishes on %s but did not deliver them back within %v "+
+				"(publish denied by an ACL, a quota?): not delivered, kept in the outbox", len(st.acks), st.Topic, d.l.cfg.AckTimeout)
+			d.l.setAlarm(err)
+			return err
+		}
+		if oldest.IsZero() || st.firstAck.Before(oldest) {
+			oldest = st.firstAck
+		}
+	}
+	if !oldest.IsZero() {
+		d.verifyTimer.Reset(d.l.cfg.AckTimeout - time.Since(oldest))
+		d.verifyArmed = true
+	}
+	return nil
+}
+
+// checkSubscribed reports filters the broker refused or granted a lower
+// QoS than asked for. They are not retried: the outbox must drain
+// regardless.
+func (d *drain) checkSubscribed(tok paho.Token, want byte) {
 	st, ok := tok.(*paho.SubscribeToken)
 	if !ok {
 		return
 	}
 	for f, code := range st.Result() {
-		if code > 1 { // 0x80: refused
+		switch {
+		case code > 2: // 0x80: refused
 			err := fmt.Errorf("mqtt: broker refused subscription %q", f)
+			if want == 0 {
+				err = fmt.Errorf("mqtt: broker refused the subscription %q that checks the station's own publishes: nothing is deleted until it can read them (grant read on its topics, or skip the write check)", f)
+				d.l.setAlarm(err)
+			}
 			d.l.setLastError(err)
-			d.l.log.Error("mqtt: subscription refused", "filter", f)
+			d.l.log.Error("mqtt: subscription refused", "filter", f, "err", err)
+		case code < want:
+			err := fmt.Errorf("mqtt: broker granted subscription %q at QoS %d: messages sent while the station is away are lost", f, code)
+			d.l.setLastError(err)
+			d.l.log.Warn("mqtt: subscription downgraded", "filter", f, "qos", code)
 		}
 	}
 }
@@ -434,7 +551,7 @@ func (d *drain) scheduleFlush() {
 	}
 }
 
-// flush hands all acknowledged items to the deleter.
+// flush hands the acknowledged items of checked streams to the deleter.
 func (d *drain) flush() {
 	if d.flushArmed {
 		d.flushTimer.Stop()
@@ -445,12 +562,22 @@ func (d *drain) flush() {
 	}
 	for i := range d.streams {
 		st := &d.streams[i]
-		if len(st.acks) > 0 {
+		if st.verified && len(st.acks) > 0 {
 			d.dels.submit(st.Name, st.acks)
 			st.acks = nil
 		}
 	}
 	d.nacks = 0
+}
+
+// undelivered hands PublishNow messages that got no PUBACK on this
+// connection back to their sender.
+func (d *drain) undelivered() {
+	for d.fifo.len() > 0 {
+		if f := d.fifo.pop(); f.kind == kindNow {
+			d.l.undelivered(f.now)
+		}
+	}
 }
 
 // checkAckTimeout fails the connection if the oldest flight has waited
@@ -473,39 +600,42 @@ func (d *drain) checkAckTimeout() error {
 }
 
 // shutdown ends the connection cleanly: shutdown status (retained, QoS 1,
-// its PUBACK awaited at most shutdownWait), then DISCONNECT.
-func (d *drain) shutdown(c paho.Client) error {
+// its PUBACK awaited at most shutdownWait), then DISCONNECT. If the
+// shutdown status was not acknowledged the socket is closed without
+// DISCONNECT instead, so that the broker publishes the will: a DISCONNECT
+// would cancel it and leave "online" retained.
+func (d *drain) shutdown() error {
 	cfg := &d.l.cfg
 	if cfg.StatusTopic != "" && cfg.ShutdownStatus != nil {
-		d.issue(flight{kind: kindShutdown}, op{topic: cfg.StatusTopic, qos: 1, retained: true, payload: cfg.ShutdownStatus()})
+		d.issue(flight{kind: kindShutdown}, d.c.Publish(cfg.StatusTopic, 1, true, cfg.ShutdownStatus()))
 		// Flights before it are collected on the way (brokers acknowledge
 		// in order): their items are deleted now, not sent again later.
 		t := time.NewTimer(shutdownWait)
 	wait:
 		for !d.shutDone {
-			var headDone <-chan struct{}
-			if d.issued > 0 {
-				headDone = d.fifo.front().tok.Done()
-			}
 			select {
-			case tok := <-d.toks:
-				d.fifo.at(d.issued).tok = tok
-				d.issued++
-			case <-headDone:
+			case <-d.ackedDone():
 				if err := d.collect(); err != nil {
 					d.l.log.Warn("mqtt: shutdown status not published", "err", err)
 					break wait
 				}
+			case h := <-d.s.echo:
+				d.echoed(h)
 			case <-d.s.lost:
 				break wait
 			case <-t.C:
-				d.l.log.Warn("mqtt: shutdown status not acknowledged", "waited", shutdownWait)
+				d.l.log.Warn("mqtt: shutdown status not acknowledged: closing without DISCONNECT so the broker publishes the will", "waited", shutdownWait)
 				break wait
 			}
 		}
 		t.Stop()
+		if !d.shutDone {
+			d.s.kill()
+			d.s.awaitLost(disconnectQuiesce * time.Millisecond)
+			return nil
+		}
 	}
-	c.Disconnect(disconnectQuiesce)
+	d.c.Disconnect(disconnectQuiesce)
 	d.l.log.Info("mqtt: disconnected", "broker", d.l.broker.String())
 	return nil
 }

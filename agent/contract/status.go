@@ -122,6 +122,7 @@ type LinkStatus struct {
 	InFlight  int    `json:"in_flight"`
 	Published uint64 `json:"published"`
 	Acked     uint64 `json:"acked"`
+	Alarm     string `json:"alarm,omitempty"` // the broker acknowledges publishes but drops them
 }
 
 // Telemetry is the heartbeat published on the telemetry topic.

@@ -145,6 +145,8 @@ type ClientOptions struct {
 	KeepSession bool   // a persistent session (clean session false), kept by the broker while away
 	Reconnect   bool   // reconnect (and subscribe again) after the connection is lost
 	Buffer      int    // messages C holds; more are a test failure rather than a silent drop
+	Username    string // for brokers that authenticate (Mosquitto's ACLs, RabbitMQ)
+	Password    string
 }
 
 // Client is a plain MQTT 3.1.1 client for observing and driving the broker. Every message it
@@ -189,7 +191,8 @@ func Connect(t testing.TB, url string, o *ClientOptions) *Client {
 	}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetProtocolVersion(4).
 		SetCleanSession(!o.KeepSession).SetAutoReconnect(o.Reconnect).SetOrderMatters(true).
-		SetDefaultPublishHandler(handler) // also the messages a kept session queued while away
+		SetDefaultPublishHandler(handler). // also the messages a kept session queued while away
+		SetUsername(o.Username).SetPassword(o.Password)
 	if o.Reconnect {
 		opts.SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
 			SetMaxReconnectInterval(200 * time.Millisecond).

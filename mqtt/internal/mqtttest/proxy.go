@@ -82,6 +82,7 @@ type Proxy struct {
 	mu    sync.Mutex
 	hook  func(Packet) bool
 	down  bool
+	hole  chan struct{} // non-nil: black hole, closed when it ends
 	next  int
 	conns map[int]*pconn
 	wg    sync.WaitGroup
@@ -149,6 +150,30 @@ func (p *Proxy) SetDown(down bool) {
 	p.mu.Unlock()
 }
 
+// SetBlackhole makes the current and new connections a black hole (on) or
+// forwards again (off): every packet is dropped both ways, and a side that
+// closes is not closed on the other side until the black hole ends. The
+// client sees a half-open connection: its socket stays up, nothing comes.
+func (p *Proxy) SetBlackhole(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case on && p.hole == nil:
+		p.hole = make(chan struct{})
+	case !on && p.hole != nil:
+		close(p.hole)
+		p.hole = nil
+	}
+}
+
+// blackhole returns the channel closed when the current black hole ends,
+// nil if there is none.
+func (p *Proxy) blackhole() chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hole
+}
+
 // Cut closes all current connections on both sides, abruptly.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
@@ -171,6 +196,7 @@ func (p *Proxy) Conns() int {
 
 // Close stops the proxy and waits for its goroutines.
 func (p *Proxy) Close() {
+	p.SetBlackhole(false)
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
@@ -232,13 +258,16 @@ func (p *Proxy) pump(c *pconn, id int, dir Dir, src, dst net.Conn) {
 	for {
 		pk, raw, err := readPacket(br)
 		if err != nil {
+			if hole := p.blackhole(); hole != nil {
+				<-hole // the other side must not notice
+			}
 			return
 		}
 		pk.Conn, pk.Dir = id, dir
 		p.mu.Lock()
-		hook := p.hook
+		hook, hole := p.hook, p.hole
 		p.mu.Unlock()
-		if hook != nil && !hook(pk) {
+		if hole != nil || (hook != nil && !hook(pk)) {
 			continue
 		}
 		if _, err := dst.Write(raw); err != nil {
