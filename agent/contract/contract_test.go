@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,36 @@ func TestErrorMessage(t *testing.T) {
 	e := &Error{Code: CodeExpired, Message: "expired at noon"}
 	if got := e.Error(); got != "command: expired: expired at noon" {
 		t.Fatalf("%q", got)
+	}
+}
+
+// The validators are written by hand (regexp would add about 90 KB to the binary); they accept
+// exactly what the documented patterns accept.
+func TestValidatorsMatchTheirPatterns(t *testing.T) {
+	station := regexp.MustCompile(`^` + StationIDSyntax + `$`)
+	prefix := regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
+	typ := regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}(\.[a-z0-9_]{1,32}){1,3}$`)
+	alphabet := []byte("aZ09._-/ éx+#")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200000; i++ {
+		b := make([]byte, rng.IntN(70))
+		for j := range b {
+			b[j] = alphabet[rng.IntN(len(alphabet))]
+		}
+		s := string(b)
+		if got, want := ValidStationID(s), station.MatchString(s); got != want {
+			t.Fatalf("ValidStationID(%q) = %v, pattern says %v", s, got, want)
+		}
+		if got, want := ValidTopicPrefix(s), prefix.MatchString(s); got != want {
+			t.Fatalf("ValidTopicPrefix(%q) = %v, pattern says %v", s, got, want)
+		}
+		if got, want := submittedTypeSyntax(s), typ.MatchString(s); got != want {
+			t.Fatalf("submittedTypeSyntax(%q) = %v, pattern says %v", s, got, want)
+		}
+	}
+	for _, s := range []string{"kiosk.receipt", "a.b.c.d", "a.b.c.d.e", strings.Repeat("a", 32) + ".b", strings.Repeat("a", 33) + ".b", "st-01", strings.Repeat("s", 64), strings.Repeat("s", 65)} {
+		if submittedTypeSyntax(s) != typ.MatchString(s) || ValidStationID(s) != station.MatchString(s) {
+			t.Errorf("%q: validators and patterns disagree", s)
+		}
 	}
 }

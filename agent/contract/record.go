@@ -1,6 +1,6 @@
 package contract
 
-import "regexp"
+import "strings"
 
 // Record is one entry of the events stream (DESIGN §3.4). ID is assigned once, before the record
 // is stored, so every redelivery carries the same id; Seq counts the station's records 1, 2, 3 …
@@ -74,9 +74,26 @@ const (
 	ErrStoreBroken = "store_broken" // store.recovered: the store file was broken and replaced
 )
 
-var submittedTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}(\.[a-z0-9_]{1,32}){1,3}$`)
-
 // ValidSubmittedType reports whether t may be the type of a record submitted by other station
 // software through the local API: dotted lower-case words, at least two (kiosk.receipt), not
 // starting with a word the station's own types use (ReservedType).
-func ValidSubmittedType(t string) bool { return submittedTypeRE.MatchString(t) && !ReservedType(t) }
+func ValidSubmittedType(t string) bool { return submittedTypeSyntax(t) && !ReservedType(t) }
+
+// submittedTypeSyntax: [a-z][a-z0-9_]{0,31}(\.[a-z0-9_]{1,32}){1,3}.
+func submittedTypeSyntax(t string) bool {
+	words := strings.Split(t, ".")
+	if len(words) < 2 || len(words) > 4 || len(words[0]) > 32 || words[0] == "" || words[0][0] < 'a' || words[0][0] > 'z' {
+		return false
+	}
+	for _, w := range words {
+		if len(w) < 1 || len(w) > 32 {
+			return false
+		}
+		for i := 0; i < len(w); i++ {
+			if c := w[i]; !isLowerOrDigit(c) && c != '_' {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,9 +1,6 @@
 package contract
 
-import (
-	"regexp"
-	"strings"
-)
+import "strings"
 
 // Topic kinds: the last level of a station's topics (DESIGN §3.2).
 const (
@@ -74,18 +71,38 @@ func StationOf(prefix, kind, topic string) string {
 // StationIDSyntax describes a valid station id, for error messages.
 const StationIDSyntax = "[a-z0-9][a-z0-9._-]{0,63}"
 
-var (
-	stationIDRE   = regexp.MustCompile(`^` + StationIDSyntax + `$`)
-	topicPrefixRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
-)
-
 // ValidStationID reports whether id is a station id (StationIDSyntax). A station id is also the
 // station's MQTT client id and one topic level.
-func ValidStationID(id string) bool { return stationIDRE.MatchString(id) }
+func ValidStationID(id string) bool {
+	if len(id) < 1 || len(id) > 64 || !isLowerOrDigit(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isLowerOrDigit(c) && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLowerOrDigit(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
 // TopicPrefixSyntax describes a valid topic prefix, for error messages.
 const TopicPrefixSyntax = "letters, digits, . _ - and / between levels only"
 
 // ValidTopicPrefix reports whether p is a usable topic prefix: one or more levels of letters,
 // digits, '.', '_' and '-', with no wildcard and no empty level.
-func ValidTopicPrefix(p string) bool { return topicPrefixRE.MatchString(p) }
+func ValidTopicPrefix(p string) bool {
+	for _, level := range strings.Split(p, "/") {
+		if level == "" {
+			return false
+		}
+		for i := 0; i < len(level); i++ {
+			c := level[i]
+			if !isLowerOrDigit(c) && !(c >= 'A' && c <= 'Z') && c != '.' && c != '_' && c != '-' {
+				return false
+			}
+		}
+	}
+	return true
+}
