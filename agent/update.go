@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/atomicfile"
 	"station.dev/agent/internal/release"
 	"station.dev/agent/store"
 )
@@ -203,7 +204,7 @@ func (a *Agent) startJob(job updateJob) *commandError {
 		return cmdErr(contract.CodeFailed, "download directory: %v", err)
 	}
 	b, _ := json.Marshal(job)
-	if err := release.WriteFileAtomic(filepath.Join(dir, "job.json"), b, 0o640); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "job.json"), b, 0o640); err != nil {
 		return cmdErr(contract.CodeFailed, "download directory: %v", err)
 	}
 	a.setUpdate(contract.UpdateStatus{State: contract.UpdateDownloading, Version: job.Manifest.Version, Previous: a.opts.Version})

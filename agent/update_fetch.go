@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"station.dev/agent/agent/contract"
+	"station.dev/agent/internal/atomicfile"
 	"station.dev/agent/internal/backoff"
 	"station.dev/agent/internal/release"
 )
@@ -115,7 +116,7 @@ func (a *Agent) fetchOnce(ctx context.Context, job *updateJob) (int64, error) {
 		if !digestIs(index, src.IndexSHA256) || len(index) != 32*chunks {
 			return off, fmt.Errorf("%w: the chunk index on %s does not match the command: publish the release again", errBroken, src.Topic)
 		}
-		if err := release.WriteFileAtomic(filepath.Join(dir, "index"), index, 0o640); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, "index"), index, 0o640); err != nil {
 			return off, fmt.Errorf("%w: %v", errBroken, err)
 		}
 	}
@@ -227,7 +228,7 @@ func (a *Agent) install(job *updateJob) {
 		fail(err)
 		return
 	}
-	if err := release.Commit(part, dst); err != nil {
+	if err := atomicfile.Commit(part, dst); err != nil {
 		fail(err)
 		return
 	}
@@ -244,7 +245,7 @@ func (a *Agent) install(job *updateJob) {
 		return
 	}
 	_ = os.RemoveAll(dir)
-	_ = release.SyncDir(release.Dir(a.cfg.DataDir))
+	_ = atomicfile.SyncDir(release.Dir(a.cfg.DataDir))
 	a.log.Info("update installed: restarting into it", "version", m.Version, "previous", a.opts.Version)
 	a.setUpdate(contract.UpdateStatus{State: contract.UpdatePending, Version: m.Version, Previous: a.opts.Version})
 	a.stop(ErrRestart)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"station.dev/agent/internal/atomicfile"
 )
 
 // Overrides is the fleet's remote configuration (the config.set command): a partial
@@ -49,46 +51,10 @@ func WriteOverrides(path string, ov Overrides) error {
 	if err != nil {
 		return fmt.Errorf("config: overrides: %w", err)
 	}
-	if err := writeFileSync(path, b, 0o600); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("config: overrides: %w", err)
 	}
 	return nil
-}
-
-// writeFileSync writes b to a temporary file beside path, syncs it, renames it over path and syncs
-// the directory.
-func writeFileSync(path string, b []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename there is nothing left to remove
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // RemoteKeys are the keys the fleet may set remotely (config.set), by their dotted names,
@@ -323,7 +289,7 @@ func WriteKeys(path string, keys []string) error {
 	if err != nil {
 		return fmt.Errorf("config: command keys: %w", err)
 	}
-	if err := writeFileSync(path, b, 0o600); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("config: command keys: %w", err)
 	}
 	return nil

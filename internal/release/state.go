@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"station.dev/agent/internal/atomicfile"
 )
 
 // The version state lives in <data_dir>/versions/state.json, beside the installed versions
@@ -79,50 +81,10 @@ func WriteState(dataDir string, s State) error {
 	if err := os.MkdirAll(Dir(dataDir), 0o750); err != nil {
 		return fmt.Errorf("version state: %w", err)
 	}
-	if err := WriteFileAtomic(StatePath(dataDir), append(b, '\n'), 0o640); err != nil {
+	if err := atomicfile.Write(StatePath(dataDir), append(b, '\n'), 0o640); err != nil {
 		return fmt.Errorf("version state: %w", err)
 	}
 	return nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file: write, fsync, rename, fsync the
-// directory.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return Commit(tmp, path)
-}
-
-// Commit renames a complete, fsynced file into place and fsyncs its directory.
-func Commit(tmp, path string) error {
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return SyncDir(filepath.Dir(path))
-}
-
-// SyncDir fsyncs a directory, making the renames and creations in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Decide is the launcher's choice at a start: the version to run ("" means the packaged binary,
