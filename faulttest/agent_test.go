@@ -22,6 +22,8 @@ func newSpec(t testing.TB, broker string) stationproc.Config {
 	s := stationproc.NewConfig(t, broker)
 	s.Prefix = brokertest.UniquePrefix(t)
 	s.LogLevel = "info" // fleets of agents and long bursts: debug lines would be most of the work
+	// The tests submit kiosk records as fast as the agent takes them: no per-client rate.
+	s.TOML += "[local_api]\nsubmit_rate = -1\n"
 	return s
 }
 

@@ -31,7 +31,7 @@ func TestClockSyncedStamp(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := newSpec(t, b.URL())
 			if assume {
-				s.TOML = "[clock]\nassume_synced = true\n"
+				s.TOML += "[clock]\nassume_synced = true\n"
 			}
 			obs := observe(t, b.URL(), s.Prefix+"/+/events")
 			a := startAgent(t, s)

@@ -98,7 +98,6 @@ func TestBacklogDrainsInOrder(t *testing.T) {
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	sw := newSwitchboard(t, b.Addr(), modeRefuse)
 	s := newSpec(t, sw.URL())
-	s.TOML = "[local_api]\nsubmit_rate = -1\n" // the receipts below come as fast as the agent takes them
 	obs := observe(t, b.URL(), s.Prefix+"/+/events")
 	a := startAgent(t, s)
 	m0, err := a.Memory()

@@ -25,7 +25,7 @@ func TestStoreFull(t *testing.T) {
 	b := brokertest.Embedded(t, "127.0.0.1:0")
 	sw := newSwitchboard(t, b.Addr(), modeRefuse)
 	s := newSpec(t, sw.URL())
-	s.TOML = "[store]\nmax_bytes = \"1MiB\"\n[telemetry]\ninterval = \"1s\"\n"
+	s.TOML += "[store]\nmax_bytes = \"1MiB\"\n[telemetry]\ninterval = \"1s\"\n"
 	obs := observe(t, b.URL(), s.Prefix+"/+/events")
 	a := startAgent(t, s)
 
