@@ -25,7 +25,7 @@ import (
 // Submissions by the kiosk's software and the tap feed (docs/kiosk.md), through the real socket
 // and store. Card numbers here are synthetic and pass Luhn; none is a real card.
 const (
-	testPAN   = "6228480000000007"
+	testPAN   = "6228480000000007" // synthetic, Luhn-valid; no real card
 	testPAN13 = "4000000000006"
 )
 
